@@ -1,0 +1,96 @@
+"""Catalogue columns: units and descriptions (FITS TUNITn/TCOMMn and the README of columns).
+
+Columns named <band>_... exist once per LR band (the band name is the job key lr_band,
+default 'lr'); they are described here with the placeholder '{band}'.
+"""
+from __future__ import annotations
+
+import re
+
+from astropy.table import Table
+
+from .conventions import FLAG_MEANINGS, FLAGS
+
+COLUMNS = {
+    "id": ("", "unique source id = tile_id * 100000 + number"),
+    "tile_id": ("", "tile that measured (owns) the source"),
+    "number": ("", "SExtractor NUMBER within the tile"),
+    "type": ("", "model: psf (point source), ser (Sersic), exp, dev"),
+    "x": ("pix", "HR position in the tile cutout, 0-based"),
+    "y": ("pix", "HR position in the tile cutout, 0-based"),
+    "x_err": ("pix", "1-sigma error of x"),
+    "y_err": ("pix", "1-sigma error of y"),
+    "x_large": ("pix", "HR position in the large HR image, 0-based"),
+    "y_large": ("pix", "HR position in the large HR image, 0-based"),
+    "ra_hr": ("deg", "right ascension in the HR image's own frame"),
+    "dec_hr": ("deg", "declination in the HR image's own frame"),
+    "ra": ("deg", "right ascension in the reference frame (HR astrometric offset removed)"),
+    "dec": ("deg", "declination in the reference frame (HR astrometric offset removed)"),
+    "in_core": ("", "position inside the tile's core (the region the tile owns)"),
+    "re_pix": ("pix", "half-light radius of the major axis, HR pixels (0 for psf)"),
+    "re_pix_err": ("pix", "1-sigma error of re_pix"),
+    "re_arcsec": ("arcsec", "half-light radius of the major axis (0 for psf)"),
+    "ab": ("", "axis ratio b/a (1 for psf)"),
+    "ab_err": ("", "1-sigma error of ab"),
+    "phi_pix": ("deg", "major-axis angle in the HR pixel frame, counter-clockwise from +x"),
+    "pa_deg": ("deg", "position angle of the major axis, east of north, [0, 180)"),
+    "sersic_n": ("", "Sersic index (NaN for psf; 1 exp, 4 dev)"),
+    "sersic_n_err": ("", "1-sigma error of sersic_n"),
+    "hr_chi2_dof": ("", "chi^2 per degree of freedom of the source's HR group fit"),
+    "hr_niter": ("", "optimiser steps taken by the HR group fit"),
+    "hr_converged": ("", "HR fit converged (dlnp < 1e-3 before the iteration limit)"),
+    "group_id": ("", "HR fit group within the tile"),
+    "group_size": ("", "sources fitted together in the HR group"),
+    "flags": ("", "bit mask, see the flags table"),
+    "sex_flux_auto": ("count", "SExtractor FLUX_AUTO on the HR image"),
+    "sex_fluxerr_auto": ("count", "SExtractor FLUXERR_AUTO (no Poisson term)"),
+    "sex_mag_auto": ("mag", "SExtractor MAG_AUTO (AB, hr_zp)"),
+    "sex_flux_radius": ("pix", "SExtractor FLUX_RADIUS (half-light, PSF included)"),
+    "sex_class_star": ("", "SExtractor CLASS_STAR (at the real HR seeing)"),
+    "sex_flags": ("", "SExtractor FLAGS"),
+    "hr_flux": ("count", "HR total model flux, HR image counts (mag = hr_zp - 2.5 log10 flux)"),
+    "hr_flux_err": ("count", "1-sigma error of hr_flux from the full fit covariance"),
+    "hr_mag": ("mag", "HR AB magnitude (NaN when hr_flux <= 0)"),
+    "hr_mag_err": ("mag", "1-sigma error of hr_mag"),
+    "hr_flux_ujy": ("uJy", "HR flux in microjansky"),
+    "hr_flux_ujy_err": ("uJy", "1-sigma error of hr_flux_ujy"),
+    "{band}_flux": ("count", "forced LR flux, LR image counts (mag = lr_zp - 2.5 log10 flux); may be negative"),
+    "{band}_flux_err": ("count", "1-sigma error of the LR flux (joint fit of the tile, full covariance)"),
+    "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
+    "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
+    "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),
+    "{band}_mag_err": ("mag", "1-sigma error of the LR magnitude"),
+    "{band}_flux_ujy": ("uJy", "LR flux in microjansky"),
+    "{band}_flux_ujy_err": ("uJy", "1-sigma error of the LR flux in microjansky"),
+}
+
+def describe(name: str, band: str):
+    """(unit, description) of a column, or ('', '') when unknown."""
+    if name in COLUMNS:
+        return COLUMNS[name]
+    generic = re.sub(rf"^{re.escape(band)}_", "{band}_", name)
+    unit, desc = COLUMNS.get(generic, ("", ""))
+    return unit, desc.replace("{band}", band)
+
+
+def set_units(table: Table, band: str) -> Table:
+    """Set each column's unit and description (written as TUNITn / TCOMMn by astropy)."""
+    for name in table.colnames:
+        unit, desc = describe(name, band)
+        table[name].unit = unit or None
+        table[name].description = desc
+    return table
+
+
+def readme_text(table: Table, band: str) -> str:
+    """Plain-text README of a catalogue's columns and flags."""
+    lines = ["jointphot catalogue: columns", ""]
+    for name in table.colnames:
+        unit, desc = describe(name, band)
+        lines.append(f"{name:24s} [{unit or '-':6s}] {desc}")
+    lines += ["", "flags (bit value: name: meaning)"]
+    for name, bit in FLAGS.items():
+        lines.append(f"{bit:6d}: {name}: {FLAG_MEANINGS[name]}")
+    lines += ["", "Fluxes: counts at the image zeropoint; uJy = counts * 10**(-0.4 (zp - 23.9)).",
+              "Positions ra/dec are in the reference frame of the astrometric offset files (image - reference)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""The numbers that matter, written once: flux units, astrometric signs, mask bits, output flags.
+
+Every other module imports these; `tests/test_conventions.py` pins them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# --- Fluxes -------------------------------------------------------------------------------
+#: AB magnitude of 1 microjansky: m_AB = 23.9 - 2.5 log10(f / uJy).
+UJY_AB_ZEROPOINT = 23.9
+#: 2.5 / ln(10): magnitude error = MAG_ERR_FACTOR * flux_err / flux.
+MAG_ERR_FACTOR = 2.5 / np.log(10.0)
+
+
+def counts_to_mag(flux, zeropoint):
+    """AB magnitude of a flux in image counts, ``zp - 2.5 log10(flux)``; NaN where flux <= 0."""
+    flux = np.asarray(flux, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, zeropoint - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
+
+
+def mag_error(flux, flux_err):
+    """Magnitude error ``1.0857 * err / flux`` (mag); NaN where flux <= 0."""
+    flux = np.asarray(flux, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux > 0, MAG_ERR_FACTOR * np.asarray(flux_err, float) / np.where(flux > 0, flux, 1.0), np.nan)
+
+
+def counts_to_ujy_factor(zeropoint):
+    """Microjanskys per image count for an AB zeropoint: ``10**(-0.4 (zp - 23.9))``.
+
+    Fluxes *and* their errors scale by this factor; variances by its square (the original
+    tool scaled variances by the factor itself, which is wrong).
+    """
+    return 10.0 ** (-0.4 * (zeropoint - UJY_AB_ZEROPOINT))
+
+
+def flux_scale(zp_from, zp_to):
+    """Factor converting counts at zeropoint `zp_from` to counts at `zp_to` (same AB flux)."""
+    return 10.0 ** (0.4 * (zp_to - zp_from))
+
+
+# --- Astrometry -----------------------------------------------------------------------------
+# Offset files give, per reference star, (dRA, dDec) in milliarcseconds with the sense
+# IMAGE minus REFERENCE (e.g. image - Gaia).  dRA is an on-sky offset, i.e. it already
+# contains cos(dec): dRA = (ra_image - ra_ref) * cos(dec).
+MAS_PER_DEG = 3.6e6
+
+
+def image_to_reference(ra, dec, offset_mas):
+    """Move positions measured on an image into the reference frame (degrees in, degrees out).
+
+    `offset_mas` = (dRA*cos(dec), dDec) of image - reference, in mas.
+    """
+    ra = np.asarray(ra, float)
+    dec = np.asarray(dec, float)
+    d_ra, d_dec = offset_mas
+    return (ra - d_ra / MAS_PER_DEG / np.cos(np.radians(dec)), dec - d_dec / MAS_PER_DEG)
+
+
+def reference_to_image(ra, dec, offset_mas):
+    """Inverse of :func:`image_to_reference`: where a reference-frame position lands on the image."""
+    ra = np.asarray(ra, float)
+    dec = np.asarray(dec, float)
+    d_ra, d_dec = offset_mas
+    dec_img = dec + d_dec / MAS_PER_DEG
+    return (ra + d_ra / MAS_PER_DEG / np.cos(np.radians(dec)), dec_img)
+
+
+# --- Pixels ---------------------------------------------------------------------------------
+# Internally every pixel coordinate is 0-based with (0, 0) at the centre of the first pixel
+# (numpy / astropy `pixel` convention).  Catalogue columns that say `_image` are 1-based
+# (FITS / SExtractor convention): x_image = x + 1.
+FITS_PIXEL_ORIGIN = 1
+
+# --- LR mask planes (HSC / LSST pipelines convention) ----------------------------------------
+#: Bit numbers used when the MASK header carries no MP_<PLANE> keywords.
+HSC_DEFAULT_MASK_BITS = {
+    "BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5,
+    "DETECTED_NEGATIVE": 6, "SUSPECT": 7, "NO_DATA": 8, "BRIGHT_OBJECT": 9,
+    "CROSSTALK": 10, "NOT_DEBLENDED": 11, "UNMASKEDNAN": 12,
+}
+#: Planes whose pixels are left out of the LR fit unless the job says otherwise.
+DEFAULT_LR_IGNORED_PLANES = ("BAD", "SAT", "NO_DATA", "EDGE", "CR")
+
+
+def mask_bits_from_header(header):
+    """Map plane name -> bit number from MP_<NAME> keywords; HSC defaults when there are none.
+
+    Returns (bits, from_header) where from_header says whether the header defined the planes.
+    """
+    bits = {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}
+    if bits:
+        return bits, True
+    return dict(HSC_DEFAULT_MASK_BITS), False
+
+
+def mask_value(planes, bits):
+    """Integer with the bits of `planes` set (unknown plane names raise KeyError)."""
+    value = 0
+    for name in planes:
+        value |= 1 << bits[name]
+    return value
+
+
+# --- Output flags (the `flags` column of every catalogue) -------------------------------------
+FLAGS = {
+    "HR_FIT_FAILED": 1 << 0,
+    "HR_NOT_CONVERGED": 1 << 1,
+    "SPURIOUS": 1 << 2,
+    "HR_EDGE": 1 << 3,
+    "SEXTRACTOR_FLAGGED": 1 << 4,
+    "LR_MASKED": 1 << 5,
+    "LR_OFF_IMAGE": 1 << 6,
+    "LR_BLENDED": 1 << 7,
+    "PARAM_AT_BOUND": 1 << 8,
+}
+FLAG_MEANINGS = {
+    "HR_FIT_FAILED": "the HR fit raised or produced non-finite numbers",
+    "HR_NOT_CONVERGED": "the HR fit stopped at the iteration limit (dlnp still >= 1e-3)",
+    "SPURIOUS": "FLUX_RADIUS below spurious_pixel_cut (kept, only flagged)",
+    "HR_EDGE": "centre within 2 PSF FWHM of the HR coverage edge (no data or image border)",
+    "SEXTRACTOR_FLAGGED": "SExtractor FLAGS >= 4 (saturated, truncated, ...)",
+    "LR_MASKED": "more than 20 % of the LR model falls on ignored (masked) pixels",
+    "LR_OFF_IMAGE": "no LR data under this source: no LR flux",
+    "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
+    "PARAM_AT_BOUND": "an HR shape parameter ended on its bound",
+}
+
+
+def describe_flags(value):
+    """Names of the flags set in `value`."""
+    return [name for name, bit in FLAGS.items() if int(value) & bit]

@@ -1,0 +1,105 @@
+"""Cut one tile out of the large images: HR (+ inverse-variance weights) and LR (IMAGE, MASK, VARIANCE).
+
+The HR cutout is the tile's padded region.  The LR cutout covers the sky footprint of
+that region plus a margin of half the LR PSF (so LR models of sources at the HR edge are
+complete).  Only these sections are read from disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+
+from .errors import JointphotError
+from .images import (LR_EXTENSIONS, celestial_wcs, image_hdu, open_fits, read_section, sliced_header,
+                     write_fits_atomic)
+from .plan import get_tile, tile_path
+
+#: Extra LR pixels around the HR footprint, on top of half the LR PSF size.
+LR_MARGIN_PIX = 4
+
+
+def hr_invvar(image: np.ndarray, weight, weight_type: str) -> np.ndarray:
+    """Inverse variance (counts^-2) from an HR weight map of SExtractor type `weight_type`.
+
+    Without a weight map, a constant 1 / sigma^2 from the 3-sigma clipped scatter of the
+    tile's pixels.  Pixels that are non-finite or have no coverage get 0.
+    """
+    finite = np.isfinite(image)
+    if weight is None or weight_type == "NONE":
+        data = image[finite & (image != 0)]
+        if data.size < 100:
+            return np.zeros(image.shape, np.float32)
+        _, _, std = sigma_clipped_stats(data, sigma=3.0, maxiters=10)
+        invvar = np.where(finite & (image != 0), 1.0 / std ** 2, 0.0)
+    else:
+        w = np.where(np.isfinite(weight), weight, 0.0).astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if weight_type == "MAP_WEIGHT":
+                invvar = np.clip(w, 0, None)
+            elif weight_type == "MAP_RMS":
+                invvar = np.where(w > 0, 1.0 / w ** 2, 0.0)
+            else:  # MAP_VAR
+                invvar = np.where(w > 0, 1.0 / w, 0.0)
+        invvar = np.where(finite & (invvar < 1e30), invvar, 0.0)
+    return invvar.astype(np.float32)
+
+
+def make_cutouts(plan, tile_id: int, directory: str) -> None:
+    """Write tNNNN_hr_cutout.fits and tNNNN_lr_cutout.fits for one tile into `directory`."""
+    job = plan["job"]
+    tile = get_tile(plan, tile_id)
+    x0, x1, y0, y1 = tile.padded
+    with open_fits(job["hr_large_image_name"], "hr_large_image_name") as hdul:
+        hdu = image_hdu(hdul, job["hr_large_image_name"], "hr_large_image_name")
+        hr_wcs = celestial_wcs(hdu.header, job["hr_large_image_name"], "hr_large_image_name")
+        sci = read_section(hdu, y0, y1, x0, x1)
+        hr_header = sliced_header(hdu.header, hr_wcs, x0, y0)
+    weight = None
+    if job["hr_large_image_wht_name"]:
+        with open_fits(job["hr_large_image_wht_name"], "hr_large_image_wht_name") as hdul:
+            whdu = image_hdu(hdul, job["hr_large_image_wht_name"], "hr_large_image_wht_name")
+            weight = read_section(whdu, y0, y1, x0, x1)
+    invvar = hr_invvar(sci, weight, job["hr_wht_image_type"])
+    sci = np.where(np.isfinite(sci), sci, 0.0).astype(np.float32)
+    _stamp(hr_header, tile_id, x0, y0, "HR")
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(sci, hr_header),
+                                    fits.ImageHDU(invvar, hr_header, name="WHT")]),
+                      tile_path(directory, tile_id, "hr_cutout"))
+
+    lr_path = job["lr_large_image_name"]
+    with open_fits(lr_path, "lr_large_image_name") as hdul:
+        hdus = {n: image_hdu(hdul, lr_path, "lr_large_image_name", n) for n in LR_EXTENSIONS}
+        lr_wcs = celestial_wcs(hdus["IMAGE"].header, lr_path, "lr_large_image_name")
+        lny, lnx = plan["lr"]["shape"]
+        # footprint of the HR cutout on the LR image
+        corners = np.array([[x0 - 0.5, y0 - 0.5], [x1 - 0.5, y0 - 0.5], [x0 - 0.5, y1 - 0.5], [x1 - 0.5, y1 - 0.5]])
+        lxy = lr_wcs.all_world2pix(hr_wcs.all_pix2world(corners, 0), 0)
+        margin = LR_MARGIN_PIX + int(np.ceil(3.0 / plan["lr"]["pixel_scale_arcsec"]))
+        lx0 = max(0, int(np.floor(lxy[:, 0].min())) - margin)
+        lx1 = min(lnx, int(np.ceil(lxy[:, 0].max())) + margin + 1)
+        ly0 = max(0, int(np.floor(lxy[:, 1].min())) - margin)
+        ly1 = min(lny, int(np.ceil(lxy[:, 1].max())) + margin + 1)
+        if lx0 >= lx1 or ly0 >= ly1:
+            raise JointphotError(f"tile {tile_id}: the LR image {lr_path!r} does not cover this tile")
+        image = read_section(hdus["IMAGE"], ly0, ly1, lx0, lx1)
+        mask = read_section(hdus["MASK"], ly0, ly1, lx0, lx1, dtype=np.int32)
+        variance = read_section(hdus["VARIANCE"], ly0, ly1, lx0, lx1)
+        lr_header = sliced_header(hdus["IMAGE"].header, lr_wcs, lx0, ly0)
+        mask_header = sliced_header(hdus["MASK"].header, lr_wcs, lx0, ly0)
+        for key, value in hdus["MASK"].header.items():
+            if key.startswith("MP_"):
+                mask_header[key] = value
+    _stamp(lr_header, tile_id, lx0, ly0, "LR")
+    _stamp(mask_header, tile_id, lx0, ly0, "LR")
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(),
+                                    fits.ImageHDU(image, lr_header, name="IMAGE"),
+                                    fits.ImageHDU(mask, mask_header, name="MASK"),
+                                    fits.ImageHDU(variance, lr_header, name="VARIANCE")]),
+                      tile_path(directory, tile_id, "lr_cutout"))
+
+
+def _stamp(header, tile_id, x0, y0, which):
+    header["JP_TILE"] = (tile_id, "jointphot tile id")
+    header["JP_X0"] = (x0, f"0-based x of this cutout's first pixel in the large {which} image")
+    header["JP_Y0"] = (y0, f"0-based y of this cutout's first pixel in the large {which} image")

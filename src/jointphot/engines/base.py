@@ -1,0 +1,135 @@
+"""The engine interface: what a fitting engine (native, Tractor) must provide.
+
+Engines work on one image array in its own pixel frame.  Everything astronomical
+(WCS, zeropoints, astrometric offsets, catalogues) stays outside, in fit_hr / fit_lr.
+
+Pixel conventions: 0-based, (0, 0) is the centre of the first pixel, x = column, y = row.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+#: Model kinds every engine must support.  'exp' and 'dev' are Sersic with n fixed at 1 and 4.
+KINDS = ("point", "exp", "dev", "sersic")
+#: Fixed Sersic index of each galaxy kind (None = fitted).
+FIXED_SERSIC_N = {"exp": 1.0, "dev": 4.0, "sersic": None}
+#: Range of the Sersic index an engine may return (inside the Tractor's mixture table, 0.29-6.3).
+SERSIC_N_RANGE = (0.5, 6.0)
+#: Smallest and largest axis ratio b/a.
+AB_RANGE = (0.05, 1.0)
+
+
+@dataclasses.dataclass
+class Source:
+    """One model source in the pixel frame of the image being fitted.
+
+    flux: total flux in image counts.  re: half-light radius of the major axis (pixels).
+    ab: axis ratio b/a.  phi: major-axis angle in degrees, counter-clockwise from +x towards +y.
+    n: Sersic index (ignored for 'point'; 1 for 'exp', 4 for 'dev').
+    """
+
+    kind: str
+    x: float
+    y: float
+    flux: float
+    re: float = 0.0
+    ab: float = 1.0
+    phi: float = 0.0
+    n: float = 1.0
+
+    def copy(self, **changes) -> "Source":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_galaxy(self) -> bool:
+        return self.kind != "point"
+
+
+@dataclasses.dataclass
+class PSF:
+    """A PSF on the image's pixel grid.
+
+    image: odd x odd array, unit sum, centre at the middle pixel, pixel-convolved (an
+    "effective" PSF: a point source of flux F centred on pixel (i, j) gives F * image).
+    kind: 'fits', 'fwhm' or 'psfex' (where it came from; engines may use a native class).
+    sigma_pix: Gaussian sigma in pixels when kind == 'fwhm'.
+    """
+
+    image: np.ndarray
+    kind: str = "fits"
+    sigma_pix: Optional[float] = None
+
+    @property
+    def fwhm_pix(self) -> float:
+        """FWHM in pixels (from sigma for Gaussians, from the second moment otherwise)."""
+        if self.sigma_pix is not None:
+            return 2.3548 * self.sigma_pix
+        ny, nx = self.image.shape
+        yy, xx = np.mgrid[:ny, :nx]
+        img = np.clip(self.image, 0, None)
+        r2 = ((xx - nx // 2) ** 2 + (yy - ny // 2) ** 2) * img
+        return 2.3548 * np.sqrt(r2.sum() / img.sum() / 2.0)
+
+
+@dataclasses.dataclass
+class GroupFit:
+    """Result of a non-linear fit of a group of sources (HR)."""
+
+    sources: List[Source]
+    errors: List[Dict[str, float]]   # per source: 1-sigma errors of the free parameters (same units)
+    n_iter: int                      # optimiser steps taken
+    converged: bool                  # dlnp < tol reached before max_iter
+    chi2: float                      # sum of invvar * residual^2 over pixels with invvar > 0
+    ndof: int                        # pixels with invvar > 0 minus free parameters
+    at_bound: List[bool]             # per source: a shape parameter ended on its bound
+
+
+@dataclasses.dataclass
+class FluxFit:
+    """Result of a linear flux-only fit (LR): everything but the fluxes is frozen."""
+
+    flux: np.ndarray          # (n,) counts
+    covariance: np.ndarray    # (n, n) counts^2, full covariance of the fluxes
+    chi2: float
+    ndof: int
+    valid: np.ndarray         # (n,) bool: the source had pixels with invvar > 0 and a finite flux
+    masked_fraction: np.ndarray  # (n,) fraction of the unit-flux model that fell on invvar == 0 pixels
+
+    @property
+    def flux_err(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diag(self.covariance), 0, None))
+
+
+class Engine(abc.ABC):
+    """A fitting engine.  Implementations: engines.native.NativeEngine, engines.tractor_engine."""
+
+    name: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> str:
+        """Version string recorded in output headers."""
+
+    @abc.abstractmethod
+    def render(self, shape: Sequence[int], psf: PSF, sources: Sequence[Source]) -> np.ndarray:
+        """Model image (counts per pixel) of `sources` convolved with `psf` on an array of `shape`."""
+
+    @abc.abstractmethod
+    def fit_group(self, image: np.ndarray, invvar: np.ndarray, psf: PSF, sources: Sequence[Source], *,
+                  max_iter: int = 15, dlnp_tol: float = 1e-3, pos_bound: float = 1.0) -> GroupFit:
+        """Fit position, flux and (for galaxies) shape of all `sources` together.
+
+        Stops after `max_iter` optimiser steps or when an accepted step improves the
+        log-likelihood by less than `dlnp_tol` (the original tool's rule).  Positions stay
+        within `pos_bound` pixels of their start.  Errors come from the full covariance of
+        all free parameters of the group (not its diagonal).
+        """
+
+    @abc.abstractmethod
+    def solve_fluxes(self, image: np.ndarray, invvar: np.ndarray, psf: PSF,
+                     sources: Sequence[Source]) -> FluxFit:
+        """Solve jointly for the fluxes of `sources`, all other parameters frozen."""

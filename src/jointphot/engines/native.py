@@ -1,0 +1,265 @@
+"""The native engine: Gaussian-mixture profiles (models.py), Levenberg-Marquardt in NumPy/SciPy.
+
+Free parameters per source (pixel frame):
+  point:  x, y, flux
+  exp/dev: x, y, flux, ln re, e1, e2        with e = (1 - ab) / (1 + ab), (e1, e2) = e (cos 2phi, sin 2phi)
+  sersic: ... and n
+Fluxes and positions have analytic derivatives; shape parameters use forward differences.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
+from .base import AB_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source
+
+RE_RANGE = (0.2, 300.0)                                    # pixels
+E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
+_FD_STEP = {"lnre": 1e-4, "e1": 1e-4, "e2": 1e-4, "n": 1e-3}
+
+
+def _param_names(src: Source) -> List[str]:
+    names = ["x", "y", "flux"]
+    if src.kind != "point":
+        names += ["lnre", "e1", "e2"]
+    if src.kind == "sersic":
+        names.append("n")
+    return names
+
+
+def _to_vector(src: Source) -> np.ndarray:
+    vals = [src.x, src.y, src.flux]
+    if src.kind != "point":
+        e = (1 - src.ab) / (1 + src.ab)
+        vals += [np.log(max(src.re, RE_RANGE[0])), e * np.cos(np.radians(2 * src.phi)),
+                 e * np.sin(np.radians(2 * src.phi))]
+    if src.kind == "sersic":
+        vals.append(src.n)
+    return np.array(vals, float)
+
+
+def _from_vector(template: Source, v: np.ndarray) -> Source:
+    if template.kind == "point":
+        return template.copy(x=v[0], y=v[1], flux=v[2])
+    e = np.hypot(v[4], v[5])
+    ab = (1 - e) / (1 + e)
+    phi = 0.5 * np.degrees(np.arctan2(v[5], v[4]))
+    out = template.copy(x=v[0], y=v[1], flux=v[2], re=float(np.exp(v[3])), ab=float(ab), phi=float(phi))
+    if template.kind == "sersic":
+        out.n = float(v[6])
+    return out
+
+
+def _clip(template: Source, start: Source, v: np.ndarray, pos_bound: float):
+    """Clip a parameter vector to its bounds; returns (vector, at_shape_bound)."""
+    v = v.copy()
+    v[0] = np.clip(v[0], start.x - pos_bound, start.x + pos_bound)
+    v[1] = np.clip(v[1], start.y - pos_bound, start.y + pos_bound)
+    at_bound = False
+    if template.kind != "point":
+        lo, hi = np.log(RE_RANGE[0]), np.log(RE_RANGE[1])
+        at_bound |= not (lo < v[3] < hi)
+        v[3] = np.clip(v[3], lo, hi)
+        e = np.hypot(v[4], v[5])
+        if e > E_MAX:
+            v[4:6] *= E_MAX / e
+            at_bound = True
+    if template.kind == "sersic":
+        at_bound |= not (SERSIC_N_RANGE[0] < v[6] < SERSIC_N_RANGE[1])
+        v[6] = np.clip(v[6], *SERSIC_N_RANGE)
+    return v, at_bound
+
+
+class NativeEngine(Engine):
+    """NumPy/SciPy engine; see the module docstring."""
+
+    name = "native"
+
+    @property
+    def version(self) -> str:
+        return f"jointphot-native {__version__}"
+
+    def render(self, shape, psf: PSF, sources: Sequence[Source]) -> np.ndarray:
+        return render_sources(shape, PSFRenderer(psf), sources)
+
+    # --- non-linear group fit -------------------------------------------------------------
+    def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0) -> GroupFit:
+        renderer = PSFRenderer(psf)
+        starts = [s.copy() for s in sources]
+        halves = [renderer.stamp_half_size(s) for s in starts]
+        vecs = [_to_vector(s) for s in starts]
+        sizes = [len(v) for v in vecs]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        good = invvar > 0
+        weight = np.sqrt(invvar[good])
+        data = image[good]
+        good_index = np.full(image.shape, -1)
+        good_index[good] = np.arange(good.sum())
+        n_par = int(offsets[-1])
+
+        def evaluate(vectors, jacobian: bool):
+            """Weighted residuals, Jacobian d model / d params (weighted, good pixels only), model."""
+            model = np.zeros(image.shape)
+            jac = np.zeros((data.size, n_par)) if jacobian else None
+            for i, (src0, v, half) in enumerate(zip(starts, vectors, halves)):
+                src = _from_vector(src0, v)
+                if not jacobian:
+                    st, x0, y0 = renderer.render_unit(src, half)
+                    add_stamp(model, st, x0, y0, src.flux)
+                    continue
+                st, gx, gy, x0, y0 = renderer.render_unit(src, half, with_gradient=True)
+                add_stamp(model, st, x0, y0, src.flux)
+                sl_img, sl_st = overlap_slices(image.shape, st.shape, x0, y0)
+                if sl_img is None:
+                    continue
+                rows = good_index[sl_img]
+                use = rows >= 0
+                rows = rows[use]
+                derivs = [src.flux * gx, src.flux * gy, st]
+                for j, name in enumerate(_param_names(src)[3:], start=3):
+                    step = _FD_STEP[name]
+                    vp = v.copy()
+                    vp[j] += step
+                    stp, _, _ = renderer.render_unit(_from_vector(src0, vp), half)
+                    derivs.append(src.flux * (stp - st) / step)
+                for j, d in enumerate(derivs):
+                    jac[rows, offsets[i] + j] = d[sl_st][use] * weight[rows]
+            resid = (data - model[good]) * weight
+            return resid, jac, model
+
+        resid, jac, _ = evaluate(vecs, True)
+        chi2 = float(resid @ resid)
+        lam = 1e-3
+        n_iter = 0
+        converged = False
+        at_bound = [False] * len(starts)
+        for n_iter in range(1, max_iter + 1):
+            hess = jac.T @ jac
+            grad = jac.T @ resid
+            improved = False
+            for _ in range(10):
+                damp = hess + lam * np.diag(np.diag(hess) + 1e-12)
+                try:
+                    step = np.linalg.solve(damp, grad)
+                except np.linalg.LinAlgError:
+                    step = np.linalg.lstsq(damp, grad, rcond=None)[0]
+                trial, trial_bound = [], []
+                for i, (src0, v) in enumerate(zip(starts, vecs)):
+                    tv, b = _clip(src0, src0, v + step[offsets[i]:offsets[i + 1]], pos_bound)
+                    trial.append(tv)
+                    trial_bound.append(b)
+                t_resid, _, _ = evaluate(trial, False)
+                t_chi2 = float(t_resid @ t_resid)
+                if np.isfinite(t_chi2) and t_chi2 < chi2:
+                    improved = True
+                    break
+                lam *= 4.0
+            if not improved:                       # no improving step: at the optimum
+                converged = True
+                break
+            dlnp = 0.5 * (chi2 - t_chi2)
+            vecs, at_bound = trial, trial_bound
+            lam = max(lam / 3.0, 1e-7)
+            resid, jac, _ = evaluate(vecs, True)
+            chi2 = float(resid @ resid)
+            if dlnp < dlnp_tol:
+                converged = True
+                break
+        cov = _inverse(jac.T @ jac)
+        errs = np.sqrt(np.clip(np.diag(cov), 0, None))
+        fitted, errors = [], []
+        for i, (src0, v) in enumerate(zip(starts, vecs)):
+            fitted.append(_from_vector(src0, v))
+            e = errs[offsets[i]:offsets[i + 1]]
+            errors.append(_named_errors(src0, v, e))
+        ndof = int(good.sum()) - int(offsets[-1])
+        return GroupFit(fitted, errors, n_iter, converged, chi2, ndof, at_bound)
+
+    # --- linear flux solve -----------------------------------------------------------------
+    def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:
+        renderer = PSFRenderer(psf)
+        n = len(sources)
+        good = invvar > 0
+        stamps = []
+        masked_frac = np.ones(n)
+        for i, src in enumerate(sources):
+            st, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
+            sl_img, sl_st = overlap_slices(image.shape, st.shape, x0, y0)
+            if sl_img is None:
+                stamps.append(None)
+                continue
+            part = st[sl_st]
+            total = st.sum()
+            masked_frac[i] = 1.0 - (part * good[sl_img]).sum() / total if total > 0 else 1.0
+            stamps.append((sl_img, part))
+        # normal equations from overlapping stamps only
+        ata = np.zeros((n, n))
+        atb = np.zeros(n)
+        for i in range(n):
+            if stamps[i] is None:
+                continue
+            sl_i, p_i = stamps[i]
+            w_i = invvar[sl_i] * p_i
+            atb[i] = (w_i * image[sl_i]).sum()
+            for j in range(i, n):
+                if stamps[j] is None:
+                    continue
+                inter = _intersect(sl_i, stamps[j][0])
+                if inter is None:
+                    continue
+                a = _sub(p_i, sl_i, inter) * invvar[inter]
+                ata[i, j] = ata[j, i] = (a * _sub(stamps[j][1], stamps[j][0], inter)).sum()
+        valid = np.diag(ata) > 0
+        flux = np.full(n, np.nan)
+        cov = np.full((n, n), np.nan)
+        idx = np.flatnonzero(valid)
+        if idx.size:
+            sub_cov = _inverse(ata[np.ix_(idx, idx)])
+            flux[idx] = sub_cov @ atb[idx]
+            cov[np.ix_(idx, idx)] = sub_cov
+        fitted = [s.copy(flux=f if np.isfinite(f) else 0.0) for s, f in zip(sources, flux)]
+        model = render_sources(image.shape, renderer, fitted)
+        chi2 = float((invvar[good] * (image[good] - model[good]) ** 2).sum())
+        return FluxFit(flux, cov, chi2, int(good.sum()) - int(valid.sum()), valid & np.isfinite(flux),
+                       masked_frac)
+
+
+def _named_errors(src0: Source, v: np.ndarray, e: np.ndarray) -> dict:
+    """Errors of the physical parameters (x, y, flux, re, ab, phi, n) from the vector errors."""
+    out = {"x": e[0], "y": e[1], "flux": e[2]}
+    if src0.kind != "point":
+        re = np.exp(v[3])
+        ee = np.hypot(v[4], v[5])
+        out["re"] = re * e[3]
+        # ab = (1-e)/(1+e): d ab / d e = -2/(1+e)^2; the modulus error ~ rms of e1, e2 errors
+        e_err = np.sqrt(0.5 * (e[4] ** 2 + e[5] ** 2))
+        out["ab"] = 2.0 / (1 + ee) ** 2 * e_err
+        out["phi"] = np.degrees(0.5 * e_err / max(ee, 1e-3))
+    if src0.kind == "sersic":
+        out["n"] = e[6]
+    return {k: float(val) for k, val in out.items()}
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive (semi-)definite matrix (pseudo-inverse if singular)."""
+    try:
+        return np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(matrix)
+
+
+def _intersect(a, b):
+    ya, yb = max(a[0].start, b[0].start), min(a[0].stop, b[0].stop)
+    xa, xb = max(a[1].start, b[1].start), min(a[1].stop, b[1].stop)
+    if ya >= yb or xa >= xb:
+        return None
+    return slice(ya, yb), slice(xa, xb)
+
+
+def _sub(arr, sl_arr, inter):
+    """Part of `arr` (placed at image slices sl_arr) inside the image slices `inter`."""
+    return arr[inter[0].start - sl_arr[0].start:inter[0].stop - sl_arr[0].start,
+               inter[1].start - sl_arr[1].start:inter[1].stop - sl_arr[1].start]

@@ -1,0 +1,185 @@
+"""Forced LR photometry of one tile: HR morphologies, moved by the astrometric offsets,
+convolved with the LR PSF; the fluxes of all sources of the tile are solved jointly.
+
+Noise is the LR VARIANCE plane (rescaled so that blank-sky pixels have unit chi scatter,
+job key noise_rescale); pixels in the ignored mask planes, non-finite pixels, pixels with
+non-positive variance and LR pixels outside the HR cutout's footprint get zero weight.
+Positions: HR position -> reference frame (HR offset) -> LR frame (LR offset) -> LR pixel.
+Shapes: the HR pixel-frame ellipse is mapped through both WCS Jacobians, so rotation,
+parity and pixel scale differences are exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
+
+from . import conventions as cv
+from .engines.base import Source
+from .errors import JointphotError
+from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
+from .models import shape_from_matrix, shape_matrix
+from .plan import tile_path, tile_psf
+
+#: A source is LR_MASKED when more than this fraction of its unit LR model lies on ignored pixels.
+MASKED_FRACTION_LIMIT = 0.2
+#: A source is LR_BLENDED when its flux correlation with a neighbour exceeds this (absolute).
+BLEND_CORRELATION_LIMIT = 0.5
+
+
+def lr_weights(image, mask, variance, mask_header, planes, source):
+    """Inverse variance with ignored mask planes, NaNs and bad variances set to 0."""
+    bits, from_header = cv.mask_bits_from_header(mask_header)
+    try:
+        bad_bits = cv.mask_value(planes, bits)
+    except KeyError as exc:
+        raise JointphotError(f"lr_mask_planes: mask plane {exc.args[0]!r} is not defined in the MASK header of "
+                             f"{source!r} (planes: {', '.join(sorted(bits))})") from None
+    good = np.isfinite(image) & np.isfinite(variance) & (variance > 0) & ((mask & bad_bits) == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(good, 1.0 / variance, 0.0), from_header
+
+
+def transfer_sources(hr_table, hr_wcs, lr_wcs, lr_offset_mas):
+    """HR fit rows -> Sources in the LR cutout's pixel frame (fluxes 1)."""
+    out = []
+    if len(hr_table) == 0:
+        return out
+    ra_lr, dec_lr = cv.reference_to_image(hr_table["ra"], hr_table["dec"], lr_offset_mas)
+    lxy = lr_wcs.all_world2pix(np.column_stack([ra_lr, dec_lr]), 0)
+    for row, (lx, ly) in zip(hr_table, lxy):
+        kind = {"psf": "point", "ser": "sersic", "exp": "exp", "dev": "dev"}[row["type"]]
+        if kind == "point":
+            out.append(Source("point", float(lx), float(ly), 1.0))
+            continue
+        j_hr = local_jacobian(hr_wcs, row["x"], row["y"])
+        j_lr = local_jacobian(lr_wcs, lx, ly)
+        a_lr = np.linalg.solve(j_lr, j_hr @ shape_matrix(row["re_pix"], row["ab"], row["phi_pix"]))
+        re, ab, phi = shape_from_matrix(a_lr)
+        out.append(Source(kind, float(lx), float(ly), 1.0, float(re), float(ab), float(phi),
+                          float(row["sersic_n"]) if np.isfinite(row["sersic_n"]) else 1.0))
+    return out
+
+
+def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
+    """Solve the LR fluxes of a tile; write tNNNN_lr_fit.fits (HR + LR columns) and tNNNN_lr_images.fits."""
+    job = plan["job"]
+    band = job["lr_band"]
+    cut_path = tile_path(directory, tile_id, "lr_cutout")
+    with read_tile_file(cut_path, f"tile {tile_id}") as hdul:
+        image = hdul["IMAGE"].data.astype(float)
+        mask = hdul["MASK"].data.astype(np.int64)
+        variance = hdul["VARIANCE"].data.astype(float)
+        lr_header = hdul["IMAGE"].header.copy()
+        mask_header = hdul["MASK"].header.copy()
+    with read_tile_file(tile_path(directory, tile_id, "hr_fit"), f"tile {tile_id}") as hdul:
+        hr_table = Table(hdul["HR_FIT"].data)
+        hr_hdr = hdul["HR_FIT"].header.copy()
+    with read_tile_file(tile_path(directory, tile_id, "hr_cutout"), f"tile {tile_id}") as hdul:
+        hr_header = hdul[0].header.copy()
+        hr_shape = hdul[0].data.shape
+    lr_wcs = celestial_wcs(lr_header, cut_path, f"tile {tile_id}")
+    hr_wcs = celestial_wcs(hr_header, "hr cutout", f"tile {tile_id}")
+    psf = tile_psf(plan, tile_id, "lr")
+    invvar, mask_from_header = lr_weights(image, mask, variance, mask_header, job["lr_mask_planes"],
+                                          job["lr_large_image_name"])
+    image = np.where(np.isfinite(image), image, 0.0)
+    invvar *= _inside_footprint(image.shape, lr_wcs, hr_wcs, hr_shape)
+    fitted = hr_table[np.isfinite(hr_table["hr_flux"])]
+    sources = transfer_sources(fitted, hr_wcs, lr_wcs, plan["astrometry_offsets_mas"]["lr"])
+    n = len(sources)
+    flux = np.full(len(hr_table), np.nan)
+    err = np.full(len(hr_table), np.nan)
+    masked = np.ones(len(hr_table))
+    max_corr = np.zeros(len(hr_table))
+    valid_all = np.zeros(len(hr_table), bool)
+    idx = np.flatnonzero(np.isfinite(hr_table["hr_flux"]))
+    res, model, sky, wfactor = _solve_with_sky(image, invvar, psf, sources, engine, job["noise_rescale"])
+    image = image - sky
+    invvar = invvar * wfactor
+    chi2_dof = np.nan
+    if res is not None:
+        flux[idx], err[idx], masked[idx], valid_all[idx] = res.flux, res.flux_err, res.masked_fraction, res.valid
+        cov = res.covariance
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
+        np.fill_diagonal(corr, 0.0)
+        max_corr[idx] = np.max(np.abs(np.nan_to_num(corr)), axis=1) if n > 1 else 0.0
+        chi2_dof = res.chi2 / max(res.ndof, 1)
+    table = hr_table.copy()
+    flags = np.asarray(table["flags"], np.int64)
+    flags |= np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)
+    flags |= np.where(valid_all & (masked > MASKED_FRACTION_LIMIT), cv.FLAGS["LR_MASKED"], 0)
+    flags |= np.where(max_corr > BLEND_CORRELATION_LIMIT, cv.FLAGS["LR_BLENDED"], 0)
+    table["flags"] = flags.astype(np.int32)
+    table[f"{band}_flux"] = flux
+    table[f"{band}_flux_err"] = err
+    table[f"{band}_masked_frac"] = masked
+    table[f"{band}_max_corr"] = max_corr
+    add_magnitudes(table, "hr", job["hr_zp"])
+    add_magnitudes(table, band, job["lr_zp"])
+    hdr = hr_hdr
+    hdr["JP_BAND"] = (band, "LR band name")
+    hdr[f"JP_SKYL"] = (sky, "[count] LR sky level subtracted (frozen)")
+    hdr[f"JP_WFACL"] = (wfactor, "factor applied to the LR inverse variance")
+    hdr["JP_CHI2L"] = (chi2_dof, "LR fit chi^2 per degree of freedom")
+    hdr["JP_MASKH"] = (mask_from_header, "LR mask planes from MP_ keywords (else HSC defaults)")
+    hdr["JP_PSFFL"] = (psf.fwhm_pix * plan["lr"]["pixel_scale_arcsec"], "[arcsec] LR PSF FWHM")
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(table, header=hdr, name="LR_FIT")]),
+                      tile_path(directory, tile_id, "lr_fit"))
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr),
+                                    fits.ImageHDU(image.astype(np.float32), lr_header, name="IMAGE"),
+                                    fits.ImageHDU(model.astype(np.float32), lr_header, name="MODEL"),
+                                    fits.ImageHDU(((image - model) * (invvar > 0)).astype(np.float32), lr_header,
+                                                  name="RESIDUAL")]),
+                      tile_path(directory, tile_id, "lr_images"))
+
+
+def add_magnitudes(table, prefix, zeropoint):
+    """Add <prefix>_mag, _mag_err and _flux_ujy, _flux_ujy_err from <prefix>_flux(_err) [counts]."""
+    f = np.asarray(table[f"{prefix}_flux"], float)
+    e = np.asarray(table[f"{prefix}_flux_err"], float)
+    table[f"{prefix}_mag"] = cv.counts_to_mag(f, zeropoint)
+    table[f"{prefix}_mag_err"] = cv.mag_error(f, e)
+    c = cv.counts_to_ujy_factor(zeropoint)
+    table[f"{prefix}_flux_ujy"] = f * c
+    table[f"{prefix}_flux_ujy_err"] = e * c
+
+
+def _inside_footprint(shape, lr_wcs, hr_wcs, hr_shape):
+    """1 for LR pixels whose centre falls inside the HR cutout, else 0."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    world = lr_wcs.all_pix2world(np.column_stack([xx.ravel(), yy.ravel()]), 0)
+    hxy = hr_wcs.all_world2pix(world, 0)
+    hny, hnx = hr_shape
+    inside = (hxy[:, 0] > -0.5) & (hxy[:, 0] < hnx - 0.5) & (hxy[:, 1] > -0.5) & (hxy[:, 1] < hny - 0.5)
+    return inside.reshape(shape).astype(float)
+
+
+def _solve_with_sky(image, invvar, psf, sources, engine, rescale, n_iter=3):
+    """Joint fluxes, a constant sky and the weight rescale factor, by alternating solves.
+
+    The sky is the clipped median of the residual (data - model) over the weighted pixels;
+    the factor makes the clipped scatter of residual * sqrt(invvar) one.  Returns
+    (FluxFit or None, model, sky [counts], factor).
+    """
+    good = invvar > 0
+    sky, factor, res = 0.0, 1.0, None
+    model = np.zeros(image.shape)
+    if good.sum() < 50:
+        return None, model, sky, factor
+    for _ in range(n_iter):
+        if sources:
+            res = engine.solve_fluxes(image - sky, invvar * factor, psf, sources)
+            model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
+        resid = image - model
+        _, sky, _ = sigma_clipped_stats(resid[good], sigma=3.0, maxiters=10)
+        if rescale:
+            _, _, chi_std = sigma_clipped_stats((resid[good] - sky) * np.sqrt(invvar[good]), sigma=3.0, maxiters=10)
+            factor = 1.0 / chi_std ** 2 if chi_std > 0 else 1.0
+    if sources:
+        res = engine.solve_fluxes(image - sky, invvar * factor, psf, sources)
+        model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
+    return res, model, float(sky), float(factor)

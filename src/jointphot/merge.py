@@ -1,0 +1,126 @@
+"""One catalogue for the whole field from the per-tile catalogues.
+
+A source belongs to the tile whose core contains its HR position.  Two tiles fitting the
+same source can put it a hair apart, on either side of a core boundary; so rows within
+`BOUNDARY_TOLERANCE_PIX` of their core are candidates, and candidates from different tiles
+closer than `DUPLICATE_RADIUS_ARCSEC` are the same source: the row deepest inside its own
+core is kept.  A candidate just outside its core with no twin was missed by the owning
+tile and is kept.  Every source is therefore kept exactly once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table, vstack
+from scipy.spatial import cKDTree
+
+from . import __version__
+from .catalog import readme_text, set_units
+from .errors import JointphotError
+from .images import write_fits_atomic, write_text_atomic
+from .plan import tile_path
+
+BOUNDARY_TOLERANCE_PIX = 3.0
+DUPLICATE_RADIUS_ARCSEC = 0.15
+ID_STRIDE = 100000
+
+
+def core_depth(table: Table, core) -> np.ndarray:
+    """Signed distance (pixels) of each row's large-image position inside the core (negative: outside)."""
+    x = np.asarray(table["x_large"], float)
+    y = np.asarray(table["y_large"], float)
+    return np.minimum.reduce([x - core[0], core[1] - x, y - core[2], core[3] - y])
+
+
+def merge_tables(plan, tables: Dict[int, Table]) -> Table:
+    """Merged catalogue (sorted by id) from {tile_id: lr_fit table}."""
+    scale = plan["hr"]["pixel_scale_arcsec"]
+    parts = []
+    for tile_id, table in sorted(tables.items()):
+        if len(table) == 0:
+            continue
+        depth = core_depth(table, plan["tiles"][tile_id]["core"])
+        keep = depth > -BOUNDARY_TOLERANCE_PIX
+        part = table[keep]
+        part["_depth"] = depth[keep]
+        parts.append(part)
+    if not parts:
+        merged = next(iter(tables.values()))[:0].copy() if tables else Table()
+        if "id" not in merged.colnames and tables:
+            merged.add_column(np.zeros(0, np.int64), name="id", index=0)
+        return merged
+    merged = vstack(parts, metadata_conflicts="silent")
+    keep = np.ones(len(merged), bool)
+    xy = np.column_stack([merged["x_large"], merged["y_large"]])
+    pairs = cKDTree(xy).query_pairs(DUPLICATE_RADIUS_ARCSEC / scale, output_type="ndarray")
+    order = np.argsort(-np.asarray(merged["_depth"]), kind="stable")
+    rank = np.empty(len(merged), int)
+    rank[order] = np.arange(len(merged))
+    for i, j in pairs:
+        if merged["tile_id"][i] == merged["tile_id"][j]:
+            continue
+        loser = i if rank[i] > rank[j] else j
+        keep[loser] = False
+    merged = merged[keep]
+    merged.remove_column("_depth")
+    merged.add_column(np.asarray(merged["tile_id"], np.int64) * ID_STRIDE + np.asarray(merged["number"], np.int64),
+                      name="id", index=0)
+    merged.sort("id")
+    return merged
+
+
+def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
+    """{tile_id: table} from per-tile lr_fit files."""
+    tables = {}
+    for path in paths:
+        try:
+            with fits.open(path) as hdul:
+                table = Table(hdul["LR_FIT"].data)
+                tile_id = int(hdul["LR_FIT"].header["JP_TILE"])
+                table.meta["engine"] = hdul["LR_FIT"].header.get("JP_ENGV", "")
+        except (OSError, KeyError) as exc:
+            raise JointphotError(f"merge: {path!r} is not a jointphot per-tile catalogue ({exc})") from None
+        tables[tile_id] = table
+    return tables
+
+
+def default_tile_files(plan) -> List[str]:
+    """Existing tNNNN_lr_fit.fits files under <workdir>/tiles."""
+    out = []
+    for t in plan["tiles"]:
+        path = tile_path(os.path.join(plan["job"]["workdir"], "tiles", f"{t['tile_id']:04d}"), t["tile_id"], "lr_fit")
+        if os.path.exists(path):
+            out.append(path)
+    return out
+
+
+def write_catalogue(plan, merged: Table, path: str, missing: List[int], engines: List[str],
+                    failures: Optional[Dict[int, str]] = None) -> None:
+    """Write the merged catalogue (units, job, versions, missing tiles in the header) and its README."""
+    band = plan["job"]["lr_band"]
+    set_units(merged, band)
+    hdr = fits.Header()
+    hdr["JP_VERS"] = (__version__, "jointphot version")
+    hdr["JP_NTILE"] = (len(plan["tiles"]), "tiles in the grid")
+    hdr["JP_NMISS"] = (len(missing), "tiles missing from this catalogue")
+    hdr["JP_MISS"] = (",".join(str(t) for t in missing) or "none", "ids of the missing tiles")
+    hdr["JP_ENGV"] = (",".join(sorted(set(engines))) or "none", "fitting engine(s) and version(s)")
+    hdr["JP_BAND"] = (band, "LR band name")
+    hdr["JP_HRZP"] = (plan["job"]["hr_zp"], "[mag] HR AB zeropoint")
+    hdr["JP_LRZP"] = (plan["job"]["lr_zp"], "[mag] LR AB zeropoint")
+    hdr["PYVERS"] = (platform.python_version(), "Python version")
+    for name in ("numpy", "scipy", "astropy"):
+        mod = __import__(name)
+        hdr[f"V_{name.upper()[:6]}"] = (mod.__version__, f"{name} version")
+    for tile_id, reason in sorted((failures or {}).items()):
+        hdr.add_history(f"tile {tile_id} failed: {reason}"[:70])
+    for line in json.dumps(plan["job"], sort_keys=True, default=str).encode().decode().split(", "):
+        hdr.add_comment(("job: " + line)[:72])
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(merged, header=hdr, name="CATALOG")]),
+                      path)
+    write_text_atomic(readme_text(merged, band), os.path.splitext(path)[0] + "_README.txt")

@@ -1,0 +1,249 @@
+"""Source profiles as Gaussian mixtures, and their rendering through a pixelised PSF.
+
+A Sersic profile of index n and half-light radius 1 is approximated by a mixture of
+K concentric normalised Gaussians with fixed widths `MOG_SIGMAS` (units of re) and
+non-negative amplitudes that sum to 1 (total flux 1).  The amplitudes are fitted once per
+node of a fine n grid (ridge-regularised NNLS on the flux per ln r, out to 400 re, so
+the wings of high-n profiles are kept) and interpolated linearly in n in between.
+Accuracy of the enclosed flux: < 1e-5 for 0.6 <= n <= 4, < 3e-4 at n = 6, 3e-3 at n = 0.5.
+
+An elliptical source is the circular profile mapped by a 2x2 matrix `A`
+(A = R(phi) diag(re, re*ab)): each component has covariance s_k^2 A A^T in pixels^2.
+
+Rendering (pixel values = profile (x) ePSF sampled at pixel centres):
+narrow components are multiplied with the PSF's DFT in Fourier space (exact for a
+well-sampled ePSF); components wider than a quarter of the stamp are drawn in real space
+as Gaussians with the PSF's second moments added (the PSF shape is irrelevant at that
+width), which avoids wrap-around without huge FFTs.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy.optimize import nnls
+from scipy.special import gamma, gammaincinv
+
+from .engines.base import PSF, SERSIC_N_RANGE, Source, FIXED_SERSIC_N
+
+#: Widths (standard deviations, units of re) of the mixture components.
+MOG_SIGMAS = np.logspace(np.log10(0.001), np.log10(50.0), 48)
+#: Step of the n grid on which mixtures are fitted.
+N_GRID_STEP = 0.02
+_RADII = np.logspace(-4, np.log10(400.0), 900)
+
+
+def sersic_b(n):
+    """b_n such that re encloses half the light of exp(-b_n (r/re)^(1/n))."""
+    return gammaincinv(2.0 * n, 0.5)
+
+
+def sersic_profile(r, n):
+    """Surface brightness of a Sersic profile with re = 1 and total flux 1, at radii `r`."""
+    b = sersic_b(n)
+    i_e = b ** (2 * n) / (2 * np.pi * n * np.exp(b) * gamma(2 * n))
+    return i_e * np.exp(-b * (np.asarray(r, float) ** (1.0 / n) - 1.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_at_node(node: int) -> np.ndarray:
+    """Amplitudes of `MOG_SIGMAS` for n = node * N_GRID_STEP."""
+    n = node * N_GRID_STEP
+    r = _RADII
+    weight = r ** 2                                  # flux per ln r
+    gauss = np.exp(-r[:, None] ** 2 / (2 * MOG_SIGMAS ** 2)) / (2 * np.pi * MOG_SIGMAS ** 2)
+    k = len(MOG_SIGMAS)
+    design = np.vstack([gauss * weight[:, None], 100.0 * np.ones(k), 3e-4 * np.eye(k)])
+    target = np.concatenate([sersic_profile(r, n) * weight, [100.0], np.zeros(k)])
+    amps, _ = nnls(design, target, maxiter=50 * k)
+    return amps / amps.sum()
+
+
+def sersic_mixture(n: float) -> np.ndarray:
+    """Mixture amplitudes (summing to 1) of a Sersic profile, for widths MOG_SIGMAS * re."""
+    n = float(np.clip(n, *SERSIC_N_RANGE))
+    t = n / N_GRID_STEP
+    lo = int(np.floor(t))
+    frac = t - lo
+    if frac < 1e-9:
+        return _mixture_at_node(lo)
+    return (1 - frac) * _mixture_at_node(lo) + frac * _mixture_at_node(lo + 1)
+
+
+def shape_matrix(re: float, ab: float, phi_deg: float) -> np.ndarray:
+    """A = R(phi) diag(re, re*ab): maps the unit-re circular profile to the pixel frame."""
+    c, s = np.cos(np.radians(phi_deg)), np.sin(np.radians(phi_deg))
+    return np.array([[c, -s], [s, c]]) @ np.diag([re, re * ab])
+
+
+def shape_from_matrix(a: np.ndarray):
+    """(re, ab, phi_deg) of the ellipse A A^T (inverse of shape_matrix; phi in (-90, 90])."""
+    cov = a @ a.T
+    evals, evecs = np.linalg.eigh(cov)
+    major = evecs[:, 1]
+    phi = np.degrees(np.arctan2(major[1], major[0]))
+    phi = (phi + 90.0) % 180.0 - 90.0
+    re = np.sqrt(evals[1])
+    return re, np.sqrt(max(evals[0], 0.0) / evals[1]), phi
+
+
+def source_components(src: Source, min_amp: float = 1e-7):
+    """Unit-flux mixture of a source: (amplitudes (K,), variances s_k^2 (K,), shape A A^T (2,2)).
+
+    Component k has covariance s_k^2 * A A^T pixels^2; a point source is one zero-width component.
+    """
+    if src.kind == "point":
+        return np.ones(1), np.zeros(1), np.zeros((2, 2))
+    fixed = FIXED_SERSIC_N.get(src.kind)
+    amps = sersic_mixture(src.n if fixed is None else fixed)
+    keep = amps > min_amp
+    a = shape_matrix(src.re, src.ab, src.phi)
+    return amps[keep], MOG_SIGMAS[keep] ** 2, a @ a.T
+
+
+class PSFRenderer:
+    """Renders unit-flux sources convolved with one pixelised PSF onto square stamps."""
+
+    def __init__(self, psf: PSF):
+        self.psf = psf
+        img = np.asarray(psf.image, float)
+        self.psf_half = img.shape[0] // 2
+        ny, nx = img.shape
+        yy, xx = np.mgrid[:ny, :nx]
+        pos = np.clip(img, 0, None)
+        x0, y0 = nx // 2, ny // 2
+        w = pos.sum()
+        cxx = ((xx - x0) ** 2 * pos).sum() / w
+        cyy = ((yy - y0) ** 2 * pos).sum() / w
+        cxy = ((xx - x0) * (yy - y0) * pos).sum() / w
+        self.psf_cov = np.array([[cxx, cxy], [cxy, cyy]])
+        self._img = img
+        self._dft_cache = {}
+
+    def _psf_dft(self, size: int) -> np.ndarray:
+        """rfft2 of the PSF embedded in a size x size array with its centre at pixel (0, 0)."""
+        dft = self._dft_cache.get(size)
+        if dft is None:
+            pad = np.zeros((size, size))
+            h = self.psf_half
+            img = self._img
+            if 2 * h + 1 > size:  # crop a PSF larger than the FFT box
+                c = img.shape[0] // 2
+                h = (size - 1) // 2
+                img = img[c - h:c + h + 1, c - h:c + h + 1]
+            pad[:2 * h + 1, :2 * h + 1] = img
+            pad = np.roll(pad, (-h, -h), axis=(0, 1))
+            dft = np.fft.rfft2(pad)
+            self._dft_cache[size] = dft
+        return dft
+
+    def stamp_half_size(self, src: Source) -> int:
+        """Half-size (pixels) of the stamp on which `src` is drawn."""
+        n = FIXED_SERSIC_N.get(src.kind) or src.n
+        extent = 0.0 if src.kind == "point" else (4.0 + 4.0 * n) * src.re  # ~99 % of the light
+        return int(min(max(extent, 3.0 * self.psf_half / 2 + 4, 8), 400))
+
+    def render_unit(self, src: Source, half: int, with_gradient: bool = False):
+        """Unit-flux image of `src` on a (2*half+1)^2 stamp centred on pixel round(x), round(y).
+
+        Returns (stamp, x0, y0) with x0, y0 the pixel coordinates of the stamp's first pixel;
+        with_gradient=True returns (stamp, d stamp/dx, d stamp/dy, x0, y0) (per pixel of shift).
+        """
+        ix, iy = int(np.floor(src.x + 0.5)), int(np.floor(src.y + 0.5))
+        dx, dy = src.x - ix, src.y - iy
+        amps, s2, cshape = source_components(src)
+        size = 2 * half + 1
+        narrow = np.sqrt(s2 * max(cshape[0, 0], cshape[1, 1])) <= half / 4.0
+        stamp = np.zeros((size, size))
+        grad_x = np.zeros((size, size)) if with_gradient else None
+        grad_y = np.zeros((size, size)) if with_gradient else None
+        if narrow.any():
+            nfft = _fast_size(size + self.psf_half + 2)
+            ky = np.fft.fftfreq(nfft)[:, None]
+            kx = np.fft.rfftfreq(nfft)[None, :]
+            # FT of a normalised Gaussian of covariance C: exp(-2 pi^2 k^T C k)
+            quad = -2 * np.pi ** 2 * (cshape[0, 0] * kx ** 2 + 2 * cshape[0, 1] * kx * ky + cshape[1, 1] * ky ** 2)
+            ft = _mixture_ft(amps[narrow], s2[narrow], quad)
+            full = ft * np.exp(-2j * np.pi * (kx * (half + dx) + ky * (half + dy))) * self._psf_dft(nfft)
+            stamp += np.fft.irfft2(full, s=(nfft, nfft))[:size, :size]
+            if with_gradient:
+                grad_x += np.fft.irfft2(full * (-2j * np.pi * kx), s=(nfft, nfft))[:size, :size]
+                grad_y += np.fft.irfft2(full * (-2j * np.pi * ky), s=(nfft, nfft))[:size, :size]
+        if (~narrow).any():
+            yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+            xx = xx - dx
+            yy = yy - dy
+            for a_k, s2_k in zip(amps[~narrow], s2[~narrow]):
+                c_t = s2_k * cshape + self.psf_cov
+                inv = np.linalg.inv(c_t)
+                r2 = inv[0, 0] * xx ** 2 + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy ** 2
+                g = a_k * np.exp(-0.5 * r2) / (2 * np.pi * np.sqrt(np.linalg.det(c_t)))
+                stamp += g
+                if with_gradient:
+                    grad_x += g * (inv[0, 0] * xx + inv[0, 1] * yy)
+                    grad_y += g * (inv[0, 1] * xx + inv[1, 1] * yy)
+        if with_gradient:
+            return stamp, grad_x, grad_y, ix - half, iy - half
+        return stamp, ix - half, iy - half
+
+
+def _mixture_ft(amps: np.ndarray, s2: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """sum_k amps_k exp(s2_k * quad) on the grid `quad` (<= 0).
+
+    The sum is a function of the single variable quad, so it is tabulated on a grid of
+    t = sqrt(-quad) and interpolated: one interpolation instead of K exponentials per pixel.
+    """
+    t = np.sqrt(-quad)
+    t_max = float(t.max())
+    if t_max == 0.0 or len(amps) == 1:
+        return amps[0] * np.exp(s2[0] * quad) if len(amps) == 1 else np.full(quad.shape, amps.sum())
+    grid = np.linspace(0.0, t_max, _FT_TABLE_SIZE)
+    table = np.exp(-np.outer(grid ** 2, s2)) @ amps
+    return np.interp(t, grid, table)
+
+
+_FT_TABLE_SIZE = 2048
+
+
+def add_stamp(image: np.ndarray, stamp: np.ndarray, x0: int, y0: int, scale: float = 1.0) -> None:
+    """image[y0:, x0:] += scale * stamp, clipped to the image bounds (in place)."""
+    sl_img, sl_st = overlap_slices(image.shape, stamp.shape, x0, y0)
+    if sl_img is not None:
+        image[sl_img] += scale * stamp[sl_st]
+
+
+def overlap_slices(image_shape, stamp_shape, x0: int, y0: int):
+    """Slices (image, stamp) of the overlap of a stamp placed at (x0, y0); (None, None) if none."""
+    ny, nx = image_shape
+    sy, sx = stamp_shape
+    xa, xb = max(x0, 0), min(x0 + sx, nx)
+    ya, yb = max(y0, 0), min(y0 + sy, ny)
+    if xa >= xb or ya >= yb:
+        return None, None
+    return (slice(ya, yb), slice(xa, xb)), (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (fast FFT length)."""
+    best = 1 << (n - 1).bit_length()
+    p2 = 1
+    while p2 < 2 * n:
+        p3 = p2
+        while p3 < 2 * n:
+            p5 = p3
+            while p5 < n:
+                p5 *= 5
+            best = min(best, p5)
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
+def render_sources(shape, renderer: PSFRenderer, sources) -> np.ndarray:
+    """Model image of `sources` (fluxes in counts) on an array of `shape`."""
+    model = np.zeros(shape)
+    for src in sources:
+        stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
+        add_stamp(model, stamp, x0, y0, src.flux)
+    return model

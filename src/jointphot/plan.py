@@ -1,0 +1,172 @@
+"""The plan: a validated job plus its tile grid, written once and read by every step.
+
+`load(path)` accepts a job file or a plan file, so every step can be run by hand on a
+job file as well as by Nextflow on the plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from . import __version__
+from .astrometry import read_offsets
+from .errors import JointphotError
+from .images import celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, LR_EXTENSIONS, write_text_atomic
+from .jobfile import load_job
+from .psf import load_psf
+from .tiling import Tile, make_grid, tile_from_dict
+
+PLAN_FORMAT = 1
+
+
+def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
+    """Check the inputs (images, WCS, overlap, PSFs, offsets) and lay out the tiles."""
+    with open_fits(job["hr_large_image_name"], "hr_large_image_name") as hdul:
+        hdu = image_hdu(hdul, job["hr_large_image_name"], "hr_large_image_name")
+        hr_shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+        hr_wcs = celestial_wcs(hdu.header, job["hr_large_image_name"], "hr_large_image_name")
+    if job["hr_large_image_wht_name"]:
+        with open_fits(job["hr_large_image_wht_name"], "hr_large_image_wht_name") as hdul:
+            hdu = image_hdu(hdul, job["hr_large_image_wht_name"], "hr_large_image_wht_name")
+            wshape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+        if wshape != hr_shape:
+            raise JointphotError(f"hr_large_image_wht_name: {job['hr_large_image_wht_name']!r} is {wshape[1]}x{wshape[0]} "
+                                 f"pixels but the HR image is {hr_shape[1]}x{hr_shape[0]}")
+    lr_path = job["lr_large_image_name"]
+    with open_fits(lr_path, "lr_large_image_name") as hdul:
+        lr_hdus = {name: image_hdu(hdul, lr_path, "lr_large_image_name", name) for name in LR_EXTENSIONS}
+        lr_shape = (int(lr_hdus["IMAGE"].header["NAXIS2"]), int(lr_hdus["IMAGE"].header["NAXIS1"]))
+        for name in ("MASK", "VARIANCE"):
+            shp = (int(lr_hdus[name].header["NAXIS2"]), int(lr_hdus[name].header["NAXIS1"]))
+            if shp != lr_shape:
+                raise JointphotError(f"lr_large_image_name: {lr_path!r}: {name} is {shp[1]}x{shp[0]} but IMAGE is "
+                                     f"{lr_shape[1]}x{lr_shape[0]}")
+        lr_wcs = celestial_wcs(lr_hdus["IMAGE"].header, lr_path, "lr_large_image_name")
+    hr_scale = pixel_scale_arcsec(hr_wcs)
+    lr_scale = pixel_scale_arcsec(lr_wcs)
+    _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job)
+    offsets = {}
+    for band in ("hr", "lr"):
+        key = f"{band}_astrometry_correction_name"
+        offsets[band] = list(read_offsets(job[key], key)) if job[key] else [0.0, 0.0]
+    tiles = make_grid(hr_shape, hr_scale, job["cutoutsize_arcsec"], job["cutoutoverlap_arcsec"])
+    # load both PSFs once so that a bad PSF fails now, not in every tile
+    cx, cy = (hr_shape[1] - 1) / 2.0, (hr_shape[0] - 1) / 2.0
+    load_psf(job["hr_image_psf"], job["hr_psf_type"], hr_scale, position=(cx + 1, cy + 1),
+             psfex_mag=job["psfex_mag"], what="hr")
+    lx, ly = lr_wcs.all_world2pix([hr_wcs.all_pix2world([[cx, cy]], 0)[0]], 0)[0]
+    load_psf(job["lr_image_psf"], job["lr_psf_type"], lr_scale, position=(lx + 1, ly + 1),
+             psfex_mag=job["psfex_mag"], what="lr")
+    tile_dicts = []
+    for t in tiles:
+        d = {"tile_id": t.tile_id, "ix": t.ix, "iy": t.iy, "core": t.core, "padded": t.padded}
+        ra, dec = hr_wcs.all_pix2world([t.centre], 0)[0]
+        d["centre_radec"] = [float(ra), float(dec)]
+        lx, ly = lr_wcs.all_world2pix([[ra, dec]], 0)[0]
+        # where position-dependent (PSFEx) PSFs are evaluated: 1-based large-image pixels
+        d["psf_position"] = {"hr": [t.centre[0] + 1.0, t.centre[1] + 1.0], "lr": [float(lx) + 1.0, float(ly) + 1.0]}
+        tile_dicts.append(d)
+    return {
+        "jointphot_plan": PLAN_FORMAT,
+        "jointphot_version": __version__,
+        "job_file": os.path.abspath(job_file),
+        "job": job,
+        "job_hash": job_hash(job),
+        "hr": {"shape": list(hr_shape), "pixel_scale_arcsec": hr_scale},
+        "lr": {"shape": list(lr_shape), "pixel_scale_arcsec": lr_scale},
+        "astrometry_offsets_mas": offsets,
+        "grid": {"nx": max(t.ix for t in tiles) + 1, "ny": max(t.iy for t in tiles) + 1},
+        "tiles": tile_dicts,
+    }
+
+
+def _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job):
+    ny, nx = hr_shape
+    corners = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1], [(nx - 1) / 2, (ny - 1) / 2]], float)
+    world = hr_wcs.all_pix2world(corners, 0)
+    lxy = lr_wcs.all_world2pix(world, 0)
+    lny, lnx = lr_shape
+    inside = (lxy[:, 0] > -0.5) & (lxy[:, 0] < lnx - 0.5) & (lxy[:, 1] > -0.5) & (lxy[:, 1] < lny - 0.5)
+    if not inside.any():
+        # also try the other way round (LR inside HR)
+        lc = np.array([[(lnx - 1) / 2, (lny - 1) / 2]], float)
+        hxy = hr_wcs.all_world2pix(lr_wcs.all_pix2world(lc, 0), 0)[0]
+        if not (-0.5 < hxy[0] < nx - 0.5 and -0.5 < hxy[1] < ny - 0.5):
+            raise JointphotError(f"the HR image {job['hr_large_image_name']!r} and the LR image "
+                                 f"{job['lr_large_image_name']!r} do not overlap on the sky (check their WCS)")
+
+
+def job_hash(job: Dict[str, Any]) -> str:
+    """Short hash of the job parameters and the input files' sizes and times (for re-use checks)."""
+    h = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
+    for key in ("hr_large_image_name", "lr_large_image_name", "hr_large_image_wht_name", "hr_image_psf", "lr_image_psf",
+                "hr_astrometry_correction_name", "lr_astrometry_correction_name"):
+        path = job.get(key)
+        if isinstance(path, str) and os.path.exists(path):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def write_plan(plan: Dict[str, Any], path: str) -> None:
+    write_text_atomic(json.dumps(plan, indent=1, sort_keys=True) + "\n", path)
+
+
+def load(path: str) -> Dict[str, Any]:
+    """A plan from a plan file, or made on the fly from a job file."""
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except FileNotFoundError:
+        raise JointphotError(f"job file {path!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise JointphotError(f"job file {path!r} is not valid JSON: {exc}") from None
+    if isinstance(raw, dict) and raw.get("jointphot_plan") == PLAN_FORMAT:
+        return raw
+    return make_plan(load_job(path), path)
+
+
+def get_tile(plan: Dict[str, Any], tile_id: int) -> Tile:
+    """The tile with id `tile_id`; a clear error when it is out of range."""
+    n = len(plan["tiles"])
+    if not 0 <= tile_id < n:
+        raise JointphotError(f"tile {tile_id} does not exist: the grid has {n} tiles (0..{n - 1})")
+    return tile_from_dict(plan["tiles"][tile_id])
+
+
+def tile_psf(plan: Dict[str, Any], tile_id: int, band: str):
+    """PSF of `band` ('hr' or 'lr') for a tile, evaluated at the tile centre."""
+    job = plan["job"]
+    return load_psf(job[f"{band}_image_psf"], job[f"{band}_psf_type"], plan[band]["pixel_scale_arcsec"],
+                    position=tuple(plan["tiles"][tile_id]["psf_position"][band]), psfex_mag=job["psfex_mag"],
+                    what=band)
+
+
+def tile_dir(plan: Dict[str, Any], tile_id: int) -> str:
+    """Default directory of a tile's files: <workdir>/tiles/NNNN."""
+    return os.path.join(plan["job"]["workdir"], "tiles", f"{tile_id:04d}")
+
+
+def tile_path(directory: str, tile_id: int, product: str) -> str:
+    """Path of a per-tile product, e.g. tile_path(d, 3, 'hr_fit') -> d/t0003_hr_fit.fits."""
+    return os.path.join(directory, f"t{tile_id:04d}_{product}.fits")
+
+
+def parse_tiles(spec: str, n_tiles: int) -> List[int]:
+    """'all', '3' or '0,2,5' -> sorted list of tile ids (checked against the grid)."""
+    spec = str(spec).strip()
+    if spec.lower() == "all":
+        return list(range(n_tiles))
+    try:
+        ids = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise JointphotError(f"--tiles: {spec!r} is not 'all' or a comma-separated list of tile ids") from None
+    for t in ids:
+        if not 0 <= t < n_tiles:
+            raise JointphotError(f"tile {t} does not exist: the grid has {n_tiles} tiles (0..{n_tiles - 1})")
+    return ids

@@ -1,0 +1,43 @@
+"""Shared fixtures: the simulated field (made once, deterministic) and one pipeline run on it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENERATED = os.path.join(REPO, "test-data", "generated")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def ensure_field() -> str:
+    """test-data/generated: the 60" field of `jointphot simulate` (seed 1), made if missing."""
+    if not os.path.exists(os.path.join(GENERATED, "truth.fits")):
+        subprocess.run([sys.executable, "-m", "jointphot.cli", "simulate", GENERATED], check=True)
+    return GENERATED
+
+
+@pytest.fixture(scope="session")
+def field() -> str:
+    return ensure_field()
+
+
+@pytest.fixture(scope="session")
+def field_copy(field, tmp_path_factory) -> str:
+    """A private copy of the field's inputs (jobs write their work dir next to them)."""
+    dest = tmp_path_factory.mktemp("field")
+    for name in os.listdir(field):
+        if os.path.isfile(os.path.join(field, name)):
+            shutil.copy(os.path.join(field, name), dest / name)
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def native_run(field_copy):
+    """`jointphot run job.json --tiles all -j 2 --engine native` on the field; returns (dir, CompletedProcess)."""
+    proc = subprocess.run([sys.executable, "-m", "jointphot.cli", "run", "job.json", "--tiles", "all", "-j", "2",
+                           "--engine", "native"], cwd=field_copy, capture_output=True, text=True)
+    return field_copy, proc

@@ -1,0 +1,33 @@
+"""The tile grid covers the image, each pixel is owned once, ids are row-major."""
+import numpy as np
+import pytest
+
+from jointphot.tiling import make_grid
+
+
+@pytest.mark.parametrize("shape,size,overlap", [((2000, 2000), (30, 30), (6, 6)), ((1000, 2500), (20, 25), (4, 2)),
+                                                ((700, 333), (60, 60), (10, 10))])
+def test_every_pixel_owned_once_and_padding(shape, size, overlap):
+    tiles = make_grid(shape, 0.03, size, overlap)
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny:7, 0:nx:7]
+    owners = np.zeros(xx.shape, int)
+    for t in tiles:
+        owners += t.owns(xx, yy)
+        x0, x1, y0, y1 = t.padded
+        assert 0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny
+        # the padded region contains the core (inside the image)
+        assert x0 <= max(t.core[0], -0.5) + 0.5 and x1 >= min(t.core[1], nx - 0.5) - 0.5
+    assert (owners == 1).all()
+    assert [t.tile_id for t in tiles] == list(range(len(tiles)))
+    nxt = max(t.ix for t in tiles) + 1
+    assert all(t.tile_id == t.iy * nxt + t.ix for t in tiles)
+
+
+def test_grid_of_the_original_readme_example():
+    # 3'x3' at 0.03"/px with 60" tiles -> 9 tiles, tile 0 at pixel (0, 0), 10" overlap = 5" each side
+    tiles = make_grid((6000, 6000), 0.03, (60, 60), (10, 10))
+    assert len(tiles) == 9
+    assert tiles[0].owns(0, 0) and tiles[2].owns(5999, 0) and tiles[8].owns(5999, 5999)
+    x0, x1, y0, y1 = tiles[4].padded
+    assert (x1 - x0) * 0.03 == pytest.approx(70.0, abs=0.06)
