@@ -87,9 +87,9 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
         variance = read_section(hdus["VARIANCE"], ly0, ly1, lx0, lx1)
         lr_header = sliced_header(hdus["IMAGE"].header, lr_wcs, lx0, ly0)
         mask_header = sliced_header(hdus["MASK"].header, lr_wcs, lx0, ly0)
-        for key, value in hdus["MASK"].header.items():
-            if key.startswith("MP_"):
-                mask_header[key] = value
+        for card in hdus["MASK"].header.cards:
+            if card.keyword.startswith("MP_"):
+                mask_header.append(card)
     _stamp(lr_header, tile_id, lx0, ly0, "LR")
     _stamp(mask_header, tile_id, lx0, ly0, "LR")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(),
@@ -101,5 +101,5 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
 
 def _stamp(header, tile_id, x0, y0, which):
     header["JP_TILE"] = (tile_id, "jointphot tile id")
-    header["JP_X0"] = (x0, f"0-based x of this cutout's first pixel in the large {which} image")
-    header["JP_Y0"] = (y0, f"0-based y of this cutout's first pixel in the large {which} image")
+    header["JP_X0"] = (x0, f"{which} large-image x of pixel 0 (0-based)")
+    header["JP_Y0"] = (y0, f"{which} large-image y of pixel 0 (0-based)")

@@ -99,7 +99,9 @@ def write_fits_atomic(hdul: fits.HDUList, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".fits", dir=directory)
     os.close(fd)
     try:
-        hdul.writeto(tmp, overwrite=True, checksum=True)
+        with warnings.catch_warnings():   # long column descriptions are cut in TTYPEn comments; the README has them
+            warnings.filterwarnings("ignore", message="Card is too long", category=fits.verify.VerifyWarning)
+            hdul.writeto(tmp, overwrite=True, checksum=True)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
