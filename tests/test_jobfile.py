@@ -7,7 +7,6 @@ import sys
 import pytest
 from astropy.io import fits
 
-from jointphot.errors import JointphotError
 from jointphot.jobfile import KEYS, load_job
 
 

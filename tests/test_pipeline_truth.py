@@ -2,7 +2,6 @@
 import os
 
 import numpy as np
-import pytest
 from astropy.io import fits
 
 import truthcheck
@@ -47,8 +46,6 @@ def test_hr_fluxes_against_truth(native_run):
     assert abs(med) < 0.15 and 0.8 < sig < 1.25
 
 
-@pytest.mark.xfail(strict=True, reason="open in issue 2: LR errors omit the HR shape uncertainty of galaxies "
-                                       "(LR chi median ~-0.36, robust sigma ~1.4 on this field)")
 def test_lr_fluxes_against_truth(native_run):
     directory, _ = native_run
     f = truthcheck.catalog_figures(os.path.join(directory, "work", "catalog.fits"), os.path.join(directory, "truth.fits"))

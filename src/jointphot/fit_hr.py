@@ -11,6 +11,7 @@ pixels have unit chi scatter (job key noise_rescale).
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import List
 
@@ -21,7 +22,7 @@ from astropy.table import Table
 from scipy import ndimage
 
 from .conventions import FLAGS, image_to_reference
-from .engines.base import Source
+from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .plan import tile_path, tile_psf
 
@@ -98,16 +99,20 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     image = image - sky
     invvar = invvar * wfactor
     sources = start_sources(cat, psf, job, scale)
-    results = [None] * len(sources)
     groups, _ = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
     numbers = np.asarray(cat["NUMBER"])
-    for gid, members in enumerate(groups):
-        results_group = _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job)
-        for i, res in zip(members, results_group):
-            results[i] = res + (gid, len(members))
+    results = _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job, try_galaxy=True)
+    # second pass: the sky from the residual of the first (source light no longer biases it)
+    fitted = [r.source for r in results]
+    if fitted:
+        resid = image - engine.render(image.shape, psf, [s for s, r in zip(fitted, results) if not r.failed])
+        _, sky_correction, _ = sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)
+        image = image - sky_correction
+        sky += float(sky_correction)
+        results = _fit_groups(image, invvar, segmap, numbers, fitted, groups, psf, engine, job, try_galaxy=False)
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
-    table = _hr_table(cat, sources, results, wcs, header, plan, tile_id, near_edge)
-    model = engine.render(image.shape, psf, [Source(r["type"] if r["type"] != "psf" else "point", r["x"], r["y"],
+    table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
+    model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
                                                     r["hr_flux"], r["re_pix"], r["ab"], r["phi_pix"], r["sersic_n"])
                                              for r in table if np.isfinite(r["hr_flux"])])
     hdr = fits.Header()
@@ -126,8 +131,22 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
                       tile_path(directory, tile_id, "hr_images"))
 
 
-def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job):
-    """Fit one group; returns per member (Source, errors, n_iter, converged, chi2/dof, at_bound, failed)."""
+HRResult = collections.namedtuple(
+    "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size")
+
+
+def _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job, try_galaxy):
+    """Fit every group; returns one HRResult per source (in the order of `sources`)."""
+    results = [None] * len(sources)
+    for gid, members in enumerate(groups):
+        for i, res in zip(members, _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job,
+                                              try_galaxy)):
+            results[i] = res._replace(group_id=gid, group_size=len(members))
+    return results
+
+
+def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job, try_galaxy):
+    """Fit one group on its box, other segments masked; point-source candidates tried as galaxies."""
     ny, nx = image.shape
     group_numbers = numbers[members]
     in_group = np.isin(segmap, group_numbers)
@@ -144,7 +163,7 @@ def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, jo
     try:
         fit = engine.fit_group(sub_img, sub_iv, psf, starts, max_iter=max(max_iter, job["hr_ps_niter"]))
         # point-source candidates: keep as galaxy only if a Sersic model is clearly better
-        for k, s in enumerate(starts):
+        for k, s in enumerate(starts if try_galaxy else []):
             if s.kind != "point":
                 continue
             trial = list(fit.sources)
@@ -155,17 +174,15 @@ def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, jo
                 fit = alt
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         log.warning("HR fit of group with sources %s failed: %s", list(group_numbers), exc)
-        return [(s, {}, 0, False, np.nan, False, True) for s in starts_global(starts, x0, y0)]
+        return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0)
+                for s in starts]
+    covs = fit.covariances or [None] * len(fit.sources)
     out = []
-    for s, err, bound in zip(fit.sources, fit.errors, fit.at_bound):
+    for s, err, bound, cov in zip(fit.sources, fit.errors, fit.at_bound, covs):
         failed = not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan)))
-        out.append((s.copy(x=s.x + x0, y=s.y + y0), err, fit.n_iter, fit.converged,
-                    fit.chi2 / max(fit.ndof, 1), bound, failed))
+        out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
+                            fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0))
     return out
-
-
-def starts_global(starts, x0, y0):
-    return [s.copy(x=s.x + x0, y=s.y + y0) for s in starts]
 
 
 def _near_coverage_edge(invvar, header, plan, distance_pix):
@@ -187,74 +204,83 @@ def _near_coverage_edge(invvar, header, plan, distance_pix):
     return ndimage.distance_transform_edt(cov)[1:-1, 1:-1] < distance_pix
 
 
-def _hr_table(cat, starts, results, wcs, header, plan, tile_id, near_edge):
+def _padded_cov(cov):
+    """A source's parameter covariance as a 7x7 matrix in STANDARD_PARAMS order (NaN where absent)."""
+    out = np.full((7, 7), np.nan)
+    if cov is not None:
+        k = cov.shape[0]
+        out[:k, :k] = cov
+    return out
+
+
+def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     """Table of the HR fit (one row per detection) with units."""
     job = plan["job"]
     x_off, y_off = header["JP_X0"], header["JP_Y0"]
     tile = plan["tiles"][tile_id]
-    rows = []
-    for row, start, res in zip(cat, starts, results):
-        src, err, n_iter, conv, rchi2, bound, failed, gid, gsize = res
-        flags = 0
-        if failed:
-            flags |= FLAGS["HR_FIT_FAILED"]
-        elif not conv:
-            flags |= FLAGS["HR_NOT_CONVERGED"]
-        if bound:
-            flags |= FLAGS["PARAM_AT_BOUND"]
+    n = len(results)
+    flags = np.zeros(n, np.int32)
+    for i, (row, res) in enumerate(zip(cat, results)):
+        src = res.source
+        if res.failed:
+            flags[i] |= FLAGS["HR_FIT_FAILED"]
+        elif not res.converged:
+            flags[i] |= FLAGS["HR_NOT_CONVERGED"]
+        if res.at_bound:
+            flags[i] |= FLAGS["PARAM_AT_BOUND"]
         if job["spurious_pixel_cut"] and row["FLUX_RADIUS"] < job["spurious_pixel_cut"]:
-            flags |= FLAGS["SPURIOUS"]
+            flags[i] |= FLAGS["SPURIOUS"]
         if row["FLAGS"] >= 4:
-            flags |= FLAGS["SEXTRACTOR_FLAGGED"]
+            flags[i] |= FLAGS["SEXTRACTOR_FLAGGED"]
         iy = int(np.clip(np.floor(src.y + 0.5), 0, near_edge.shape[0] - 1))
         ix = int(np.clip(np.floor(src.x + 0.5), 0, near_edge.shape[1] - 1))
         if near_edge[iy, ix]:
-            flags |= FLAGS["HR_EDGE"]
-        rows.append((src, err, n_iter, conv, rchi2, flags, gid, gsize))
-    n = len(rows)
-    xs = np.array([r[0].x for r in rows]) if n else np.zeros(0)
-    ys = np.array([r[0].y for r in rows]) if n else np.zeros(0)
+            flags[i] |= FLAGS["HR_EDGE"]
+    srcs = [r.source for r in results]
+    errs = [r.errors for r in results]
+    xs = np.array([s.x for s in srcs], float)
+    ys = np.array([s.y for s in srcs], float)
     world = wcs.all_pix2world(np.column_stack([xs, ys]), 0) if n else np.zeros((0, 2))
     ra_ref, dec_ref = image_to_reference(world[:, 0], world[:, 1], plan["astrometry_offsets_mas"]["hr"])
     gx, gy = xs + x_off, ys + y_off
     core = tile["core"]
     in_core = (gx >= core[0]) & (gx < core[1]) & (gy >= core[2]) & (gy < core[3])
+    galaxy = np.array([s.kind != "point" for s in srcs], bool)
     t = Table()
     t["tile_id"] = np.full(n, tile_id, np.int32)
     t["number"] = np.asarray(cat["NUMBER"], np.int32)
-    t["type"] = np.array([{"point": "psf", "sersic": "ser", "exp": "exp", "dev": "dev"}[r[0].kind] for r in rows],
-                         dtype="U3")
+    t["type"] = np.array([TYPE_OF_KIND[s.kind] for s in srcs], dtype="U3")
     t["x"], t["y"] = xs, ys
+    t["x_err"] = [e.get("x", np.nan) for e in errs]
+    t["y_err"] = [e.get("y", np.nan) for e in errs]
     t["x_large"], t["y_large"] = gx, gy
     t["ra_hr"], t["dec_hr"] = world[:, 0], world[:, 1]
     t["ra"], t["dec"] = ra_ref, dec_ref
     t["in_core"] = in_core
-    t["hr_flux"] = [r[0].flux for r in rows]
-    t["hr_flux_err"] = [r[1].get("flux", np.nan) for r in rows]
-    t["re_pix"] = [r[0].re if r[0].kind != "point" else 0.0 for r in rows]
-    t["re_pix_err"] = [r[1].get("re", np.nan) for r in rows]
-    t["ab"] = [r[0].ab if r[0].kind != "point" else 1.0 for r in rows]
-    t["ab_err"] = [r[1].get("ab", np.nan) for r in rows]
-    t["phi_pix"] = [r[0].phi if r[0].kind != "point" else 0.0 for r in rows]
-    t["sersic_n"] = [r[0].n if r[0].kind == "sersic" else np.nan for r in rows]
-    t["sersic_n_err"] = [r[1].get("n", np.nan) for r in rows]
-    t["x_err"] = [r[1].get("x", np.nan) for r in rows]
-    t["y_err"] = [r[1].get("y", np.nan) for r in rows]
-    # sky-frame shape: re in arcsec, PA east of north
+    t["hr_flux"] = [s.flux for s in srcs]
+    t["hr_flux_err"] = [e.get("flux", np.nan) for e in errs]
+    t["re_pix"] = np.where(galaxy, [s.re for s in srcs], 0.0)
+    t["re_pix_err"] = [e.get("re", np.nan) for e in errs]
+    t["ab"] = np.where(galaxy, [s.ab for s in srcs], 1.0)
+    t["ab_err"] = [e.get("ab", np.nan) for e in errs]
+    t["phi_pix"] = np.where(galaxy, [s.phi for s in srcs], 0.0)
+    t["sersic_n"] = [s.n if s.kind == "sersic" else FIXED_SERSIC_N.get(s.kind) or np.nan for s in srcs]
+    t["sersic_n_err"] = [e.get("n", np.nan) for e in errs]
+    t["hr_param_cov"] = np.array([_padded_cov(r.covariance) for r in results]).reshape(n, 49)
     re_as, pa = [], []
-    for x, y, r in zip(xs, ys, rows):
-        jac = local_jacobian(wcs, x, y)
-        d = jac @ np.array([np.cos(np.radians(r[0].phi)), np.sin(np.radians(r[0].phi))])
-        pa.append((np.degrees(np.arctan2(d[0], d[1])) + 180.0) % 180.0 if r[0].kind != "point" else np.nan)
-        re_as.append(r[0].re * np.sqrt(abs(np.linalg.det(jac))) if r[0].kind != "point" else 0.0)
+    for s in srcs:
+        jac = local_jacobian(wcs, s.x, s.y)
+        d = jac @ np.array([np.cos(np.radians(s.phi)), np.sin(np.radians(s.phi))])
+        pa.append((np.degrees(np.arctan2(d[0], d[1])) + 180.0) % 180.0 if s.kind != "point" else np.nan)
+        re_as.append(s.re * np.sqrt(abs(np.linalg.det(jac))) if s.kind != "point" else 0.0)
     t["re_arcsec"] = re_as
     t["pa_deg"] = pa
-    t["hr_chi2_dof"] = [r[4] for r in rows]
-    t["hr_niter"] = np.array([r[2] for r in rows], np.int16)
-    t["hr_converged"] = np.array([r[3] for r in rows], bool)
-    t["group_id"] = np.array([r[6] for r in rows], np.int32)
-    t["group_size"] = np.array([r[7] for r in rows], np.int16)
-    t["flags"] = np.array([r[5] for r in rows], np.int32)
+    t["hr_chi2_dof"] = [r.chi2_dof for r in results]
+    t["hr_niter"] = np.array([r.n_iter for r in results], np.int16)
+    t["hr_converged"] = np.array([r.converged for r in results], bool)
+    t["group_id"] = np.array([r.group_id for r in results], np.int32)
+    t["group_size"] = np.array([r.group_size for r in results], np.int16)
+    t["flags"] = flags
     for col in ("FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO", "FLUX_RADIUS", "CLASS_STAR", "FLAGS"):
         t["sex_" + col.lower()] = cat[col]
     return t

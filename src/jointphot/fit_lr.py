@@ -6,7 +6,8 @@ job key noise_rescale); pixels in the ignored mask planes, non-finite pixels, pi
 non-positive variance and LR pixels outside the HR cutout's footprint get zero weight.
 Positions: HR position -> reference frame (HR offset) -> LR frame (LR offset) -> LR pixel.
 Shapes: the HR pixel-frame ellipse is mapped through both WCS Jacobians, so rotation,
-parity and pixel scale differences are exact.
+parity and pixel scale differences are exact.  LR flux errors combine the joint fit's
+covariance with the HR position/shape covariance propagated to first order.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 
 from . import conventions as cv
-from .engines.base import Source
+from .engines.base import KIND_OF_TYPE, Source, from_standard, to_standard
 from .errors import JointphotError
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .models import shape_from_matrix, shape_matrix
+from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
 from .plan import tile_path, tile_psf
 
 #: A source is LR_MASKED when more than this fraction of its unit LR model lies on ignored pixels.
@@ -41,25 +42,76 @@ def lr_weights(image, mask, variance, mask_header, planes, source):
         return np.where(good, 1.0 / variance, 0.0), from_header
 
 
-def transfer_sources(hr_table, hr_wcs, lr_wcs, lr_offset_mas):
-    """HR fit rows -> Sources in the LR cutout's pixel frame (fluxes 1)."""
-    out = []
-    if len(hr_table) == 0:
-        return out
-    ra_lr, dec_lr = cv.reference_to_image(hr_table["ra"], hr_table["dec"], lr_offset_mas)
-    lxy = lr_wcs.all_world2pix(np.column_stack([ra_lr, dec_lr]), 0)
-    for row, (lx, ly) in zip(hr_table, lxy):
-        kind = {"psf": "point", "ser": "sersic", "exp": "exp", "dev": "dev"}[row["type"]]
-        if kind == "point":
-            out.append(Source("point", float(lx), float(ly), 1.0))
-            continue
-        j_hr = local_jacobian(hr_wcs, row["x"], row["y"])
-        j_lr = local_jacobian(lr_wcs, lx, ly)
-        a_lr = np.linalg.solve(j_lr, j_hr @ shape_matrix(row["re_pix"], row["ab"], row["phi_pix"]))
-        re, ab, phi = shape_from_matrix(a_lr)
-        out.append(Source(kind, float(lx), float(ly), 1.0, float(re), float(ab), float(phi),
-                          float(row["sersic_n"]) if np.isfinite(row["sersic_n"]) else 1.0))
-    return out
+def hr_source(row) -> Source:
+    """An HR fit row as a unit-flux Source in the HR cutout's pixel frame."""
+    kind = KIND_OF_TYPE[row["type"]]
+    n = float(row["sersic_n"]) if np.isfinite(row["sersic_n"]) else 1.0
+    return Source(kind, float(row["x"]), float(row["y"]), 1.0, float(row["re_pix"]), float(row["ab"]),
+                  float(row["phi_pix"]), n)
+
+
+def to_lr_frame(src: Source, hr_wcs, lr_wcs, offsets_mas) -> Source:
+    """An HR-frame source moved into the LR cutout's pixel frame.
+
+    Position: HR pixel -> sky (HR frame) -> reference frame -> LR frame -> LR pixel.
+    Shape: the ellipse mapped by J_lr^-1 J_hr (local WCS Jacobians), exact for any rotation,
+    parity and pixel scale.
+    """
+    ra, dec = hr_wcs.all_pix2world([[src.x, src.y]], 0)[0]
+    ra, dec = cv.image_to_reference(ra, dec, offsets_mas["hr"])
+    ra, dec = cv.reference_to_image(ra, dec, offsets_mas["lr"])
+    lx, ly = lr_wcs.all_world2pix([[float(ra), float(dec)]], 0)[0]
+    if src.kind == "point":
+        return src.copy(x=float(lx), y=float(ly))
+    j_hr = local_jacobian(hr_wcs, src.x, src.y)
+    j_lr = local_jacobian(lr_wcs, lx, ly)
+    re, ab, phi = shape_from_matrix(np.linalg.solve(j_lr, j_hr @ shape_matrix(src.re, src.ab, src.phi)))
+    return src.copy(x=float(lx), y=float(ly), re=float(re), ab=float(ab), phi=float(phi))
+
+
+#: Finite-difference steps of the STANDARD_PARAMS (x, y, flux, ln re, e1, e2, n) for error propagation.
+_PROPAGATION_STEPS = np.array([0.05, 0.05, 0.0, 0.01, 0.01, 0.01, 0.02])
+
+
+def shape_variance(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, invvar) -> float:
+    """Extra LR flux variance [counts^2] from the HR position/shape uncertainty of one source.
+
+    First order: the LR flux moves by g_k = -flux <m, dm/dp_k>_W / <m, m>_W per HR parameter
+    p_k (m = unit LR model, W = LR inverse variance), so var = g C g^T with C the HR
+    covariance of the non-flux parameters.
+    """
+    v0 = to_standard(src_hr)
+    keep = [k for k in range(len(v0)) if k != 2]
+    c = cov[np.ix_(keep, keep)]
+    if not np.all(np.isfinite(c)):
+        return 0.0
+    base = to_lr(src_hr)
+    half = renderer.stamp_half_size(base) + 2
+    cx, cy = int(np.floor(base.x + 0.5)), int(np.floor(base.y + 0.5))
+    sl_img, sl_patch = overlap_slices(invvar.shape, (2 * half + 1, 2 * half + 1), cx - half, cy - half)
+    if sl_img is None:
+        return 0.0
+    w = np.zeros((2 * half + 1, 2 * half + 1))
+    w[sl_patch] = invvar[sl_img]
+
+    def unit_model(src):
+        patch = np.zeros_like(w)
+        stamp, x0, y0 = renderer.render_unit(src, half - 2)
+        add_stamp(patch, stamp, x0 - (cx - half), y0 - (cy - half))
+        return patch
+
+    m0 = unit_model(base)
+    norm = (w * m0 * m0).sum()
+    if norm <= 0:
+        return 0.0
+    grad = []
+    for k in keep:
+        v = v0.copy()
+        v[k] += _PROPAGATION_STEPS[k]
+        dm = (unit_model(to_lr(from_standard(src_hr, v))) - m0) / _PROPAGATION_STEPS[k]
+        grad.append(-flux * (w * m0 * dm).sum() / norm)
+    grad = np.array(grad)
+    return float(max(grad @ c @ grad, 0.0))
 
 
 def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
@@ -87,7 +139,13 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     image = np.where(np.isfinite(image), image, 0.0)
     invvar *= _inside_footprint(image.shape, lr_wcs, hr_wcs, hr_shape)
     fitted = hr_table[np.isfinite(hr_table["hr_flux"])]
-    sources = transfer_sources(fitted, hr_wcs, lr_wcs, plan["astrometry_offsets_mas"]["lr"])
+    offsets = plan["astrometry_offsets_mas"]
+
+    def to_lr(src):
+        return to_lr_frame(src, hr_wcs, lr_wcs, offsets)
+
+    hr_sources = [hr_source(row) for row in fitted]
+    sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
     flux = np.full(len(hr_table), np.nan)
     err = np.full(len(hr_table), np.nan)
@@ -107,6 +165,12 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         np.fill_diagonal(corr, 0.0)
         max_corr[idx] = np.max(np.abs(np.nan_to_num(corr)), axis=1) if n > 1 else 0.0
         chi2_dof = res.chi2 / max(res.ndof, 1)
+        # add the HR shape/position uncertainty of each source to its LR flux error
+        renderer = PSFRenderer(psf)
+        covs = np.asarray(fitted["hr_param_cov"], float).reshape(-1, 7, 7)
+        extra = np.array([shape_variance(s, c, f, to_lr, renderer, invvar) if np.isfinite(f) else 0.0
+                          for s, c, f in zip(hr_sources, covs, res.flux)])
+        err[idx] = np.sqrt(res.flux_err ** 2 + extra)
     table = hr_table.copy()
     flags = np.asarray(table["flags"], np.int64)
     flags |= np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)
@@ -121,8 +185,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     add_magnitudes(table, band, job["lr_zp"])
     hdr = hr_hdr
     hdr["JP_BAND"] = (band, "LR band name")
-    hdr[f"JP_SKYL"] = (sky, "[count] LR sky level subtracted (frozen)")
-    hdr[f"JP_WFACL"] = (wfactor, "factor applied to the LR inverse variance")
+    hdr["JP_SKYL"] = (sky, "[count] LR sky level subtracted (frozen)")
+    hdr["JP_WFACL"] = (wfactor, "factor applied to the LR inverse variance")
     hdr["JP_CHI2L"] = (chi2_dof, "LR fit chi^2 per degree of freedom")
     hdr["JP_MASKH"] = (mask_from_header, "LR mask planes from MP_ keywords (else HSC defaults)")
     hdr["JP_PSFFL"] = (psf.fwhm_pix * plan["lr"]["pixel_scale_arcsec"], "[arcsec] LR PSF FWHM")

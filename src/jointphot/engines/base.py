@@ -15,6 +15,12 @@ import numpy as np
 
 #: Model kinds every engine must support.  'exp' and 'dev' are Sersic with n fixed at 1 and 4.
 KINDS = ("point", "exp", "dev", "sersic")
+#: Engine-independent parameter vector of a source: pixel position, flux [counts], ln re [ln pix],
+#: ellipticity e = (1 - ab) / (1 + ab) as (e1, e2) = e (cos 2 phi, sin 2 phi), and n.
+STANDARD_PARAMS = ("x", "y", "flux", "lnre", "e1", "e2", "n")
+#: Catalogue `type` code of each kind, and back.
+TYPE_OF_KIND = {"point": "psf", "sersic": "ser", "exp": "exp", "dev": "dev"}
+KIND_OF_TYPE = {v: k for k, v in TYPE_OF_KIND.items()}
 #: Fixed Sersic index of each galaxy kind (None = fitted).
 FIXED_SERSIC_N = {"exp": 1.0, "dev": 4.0, "sersic": None}
 #: Range of the Sersic index an engine may return (inside the Tractor's mixture table, 0.29-6.3).
@@ -47,6 +53,31 @@ class Source:
     @property
     def is_galaxy(self) -> bool:
         return self.kind != "point"
+
+
+def to_standard(src: Source) -> np.ndarray:
+    """The STANDARD_PARAMS vector of a source (3 values for point, 6 for exp/dev, 7 for sersic)."""
+    vals = [src.x, src.y, src.flux]
+    if src.kind != "point":
+        e = (1 - src.ab) / (1 + src.ab)
+        vals += [np.log(max(src.re, 1e-3)), e * np.cos(np.radians(2 * src.phi)),
+                 e * np.sin(np.radians(2 * src.phi))]
+    if src.kind == "sersic":
+        vals.append(src.n)
+    return np.array(vals, float)
+
+
+def from_standard(template: Source, v: np.ndarray) -> Source:
+    """A source of the kind of `template` from a STANDARD_PARAMS vector."""
+    if template.kind == "point":
+        return template.copy(x=v[0], y=v[1], flux=v[2])
+    e = np.hypot(v[4], v[5])
+    ab = (1 - e) / (1 + e)
+    phi = 0.5 * np.degrees(np.arctan2(v[5], v[4]))
+    out = template.copy(x=v[0], y=v[1], flux=v[2], re=float(np.exp(v[3])), ab=float(ab), phi=float(phi))
+    if template.kind == "sersic":
+        out.n = float(v[6])
+    return out
 
 
 @dataclasses.dataclass
@@ -86,6 +117,9 @@ class GroupFit:
     chi2: float                      # sum of invvar * residual^2 over pixels with invvar > 0
     ndof: int                        # pixels with invvar > 0 minus free parameters
     at_bound: List[bool]             # per source: a shape parameter ended on its bound
+    #: per source: covariance of its parameters in STANDARD_PARAMS order (only the ones its kind
+    #: has: 3 for point, 6 for exp/dev, 7 for sersic); None when the engine does not provide it.
+    covariances: Optional[List[np.ndarray]] = None
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """The native engine: Gaussian-mixture profiles (models.py), Levenberg-Marquardt in NumPy/SciPy.
 
-Free parameters per source (pixel frame):
+Free parameters per source (pixel frame; the order of base.STANDARD_PARAMS):
   point:  x, y, flux
   exp/dev: x, y, flux, ln re, e1, e2        with e = (1 - ab) / (1 + ab), (e1, e2) = e (cos 2phi, sin 2phi)
   sersic: ... and n
@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
-from .base import AB_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source
+from .base import AB_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
 
 RE_RANGE = (0.2, 300.0)                                    # pixels
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
@@ -28,29 +28,6 @@ def _param_names(src: Source) -> List[str]:
     if src.kind == "sersic":
         names.append("n")
     return names
-
-
-def _to_vector(src: Source) -> np.ndarray:
-    vals = [src.x, src.y, src.flux]
-    if src.kind != "point":
-        e = (1 - src.ab) / (1 + src.ab)
-        vals += [np.log(max(src.re, RE_RANGE[0])), e * np.cos(np.radians(2 * src.phi)),
-                 e * np.sin(np.radians(2 * src.phi))]
-    if src.kind == "sersic":
-        vals.append(src.n)
-    return np.array(vals, float)
-
-
-def _from_vector(template: Source, v: np.ndarray) -> Source:
-    if template.kind == "point":
-        return template.copy(x=v[0], y=v[1], flux=v[2])
-    e = np.hypot(v[4], v[5])
-    ab = (1 - e) / (1 + e)
-    phi = 0.5 * np.degrees(np.arctan2(v[5], v[4]))
-    out = template.copy(x=v[0], y=v[1], flux=v[2], re=float(np.exp(v[3])), ab=float(ab), phi=float(phi))
-    if template.kind == "sersic":
-        out.n = float(v[6])
-    return out
 
 
 def _clip(template: Source, start: Source, v: np.ndarray, pos_bound: float):
@@ -90,7 +67,7 @@ class NativeEngine(Engine):
         renderer = PSFRenderer(psf)
         starts = [s.copy() for s in sources]
         halves = [renderer.stamp_half_size(s) for s in starts]
-        vecs = [_to_vector(s) for s in starts]
+        vecs = [to_standard(s) for s in starts]
         sizes = [len(v) for v in vecs]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         good = invvar > 0
@@ -105,7 +82,7 @@ class NativeEngine(Engine):
             model = np.zeros(image.shape)
             jac = np.zeros((data.size, n_par)) if jacobian else None
             for i, (src0, v, half) in enumerate(zip(starts, vectors, halves)):
-                src = _from_vector(src0, v)
+                src = from_standard(src0, v)
                 if not jacobian:
                     st, x0, y0 = renderer.render_unit(src, half)
                     add_stamp(model, st, x0, y0, src.flux)
@@ -123,7 +100,7 @@ class NativeEngine(Engine):
                     step = _FD_STEP[name]
                     vp = v.copy()
                     vp[j] += step
-                    stp, _, _ = renderer.render_unit(_from_vector(src0, vp), half)
+                    stp, _, _ = renderer.render_unit(from_standard(src0, vp), half)
                     derivs.append(src.flux * (stp - st) / step)
                 for j, d in enumerate(derivs):
                     jac[rows, offsets[i] + j] = d[sl_st][use] * weight[rows]
@@ -172,11 +149,12 @@ class NativeEngine(Engine):
         errs = np.sqrt(np.clip(np.diag(cov), 0, None))
         fitted, errors = [], []
         for i, (src0, v) in enumerate(zip(starts, vecs)):
-            fitted.append(_from_vector(src0, v))
+            fitted.append(from_standard(src0, v))
             e = errs[offsets[i]:offsets[i + 1]]
             errors.append(_named_errors(src0, v, e))
         ndof = int(good.sum()) - int(offsets[-1])
-        return GroupFit(fitted, errors, n_iter, converged, chi2, ndof, at_bound)
+        covs = [cov[offsets[i]:offsets[i + 1], offsets[i]:offsets[i + 1]] for i in range(len(starts))]
+        return GroupFit(fitted, errors, n_iter, converged, chi2, ndof, at_bound, covs)
 
     # --- linear flux solve -----------------------------------------------------------------
     def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:
