@@ -72,12 +72,13 @@ def groups_from_segmap(segmap, numbers, dilate_pix):
     footprint = ndimage.binary_dilation(segmap > 0, iterations=max(1, int(round(dilate_pix))))
     labels, _ = ndimage.label(footprint)
     index = {int(n): i for i, n in enumerate(numbers)}
+    flat = segmap.ravel()
+    seg_ids, first = np.unique(flat, return_index=True)   # one pixel of every segment
+    group_of = dict(zip(seg_ids.tolist(), labels.ravel()[first].tolist()))
     members = {}
     for num in numbers:
-        ys, xs = np.nonzero(segmap == num)
-        if ys.size == 0:
-            continue
-        members.setdefault(int(labels[ys[0], xs[0]]), []).append(index[int(num)])
+        if int(num) in group_of and int(num) != 0:
+            members.setdefault(group_of[int(num)], []).append(index[int(num)])
     return list(members.values()), labels
 
 
@@ -101,15 +102,16 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     sources = start_sources(cat, psf, job, scale)
     groups, _ = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
     numbers = np.asarray(cat["NUMBER"])
-    results = _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job, try_galaxy=True)
-    # second pass: the sky from the residual of the first (source light no longer biases it)
+    results = _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job)
+    # second pass: the sky from the residual of the first (source light no longer biases it), and
+    # every group refitted from the first pass's solution (flux, size and n all respond to the sky)
     fitted = [r.source for r in results]
     if fitted:
         resid = image - engine.render(image.shape, psf, [s for s, r in zip(fitted, results) if not r.failed])
         _, sky_correction, _ = sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)
         image = image - sky_correction
         sky += float(sky_correction)
-        results = _fit_groups(image, invvar, segmap, numbers, fitted, groups, psf, engine, job, try_galaxy=False)
+        results = _fit_groups(image, invvar, segmap, numbers, fitted, groups, psf, engine, job)
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
     model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
@@ -135,35 +137,39 @@ HRResult = collections.namedtuple(
     "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size")
 
 
-def _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job, try_galaxy):
+def _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job):
     """Fit every group; returns one HRResult per source (in the order of `sources`)."""
     results = [None] * len(sources)
     for gid, members in enumerate(groups):
-        for i, res in zip(members, _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job,
-                                              try_galaxy)):
+        for i, res in zip(members, _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job)):
             results[i] = res._replace(group_id=gid, group_size=len(members))
     return results
 
 
-def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job, try_galaxy):
-    """Fit one group on its box, other segments masked; point-source candidates tried as galaxies."""
+def _group_box(image, invvar, segmap, numbers, members, psf):
+    """(image, inverse variance, x0, y0) of a group's fitting box; other groups' segments get weight 0."""
     ny, nx = image.shape
     group_numbers = numbers[members]
-    in_group = np.isin(segmap, group_numbers)
-    ys, xs = np.nonzero(in_group)
+    ys, xs = np.nonzero(np.isin(segmap, group_numbers))
     pad = int(np.ceil(psf.fwhm_pix)) + BOX_MARGIN
     y0, y1 = max(0, ys.min() - pad), min(ny, ys.max() + pad + 1)
     x0, x1 = max(0, xs.min() - pad), min(nx, xs.max() + pad + 1)
-    sub_img = image[y0:y1, x0:x1]
     seg = segmap[y0:y1, x0:x1]
     sub_iv = np.where((seg == 0) | np.isin(seg, group_numbers), invvar[y0:y1, x0:x1], 0.0)
+    return image[y0:y1, x0:x1], sub_iv, x0, y0
+
+
+def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job):
+    """Fit one group on its box, other segments masked; point-source candidates tried as galaxies."""
+    group_numbers = numbers[members]
+    sub_img, sub_iv, x0, y0 = _group_box(image, invvar, segmap, numbers, members, psf)
     starts = [sources[i].copy(x=sources[i].x - x0, y=sources[i].y - y0) for i in members]
     all_point = all(s.kind == "point" for s in starts)
     max_iter = job["hr_ps_niter"] if all_point else job["hr_compl_niter"]
     try:
         fit = engine.fit_group(sub_img, sub_iv, psf, starts, max_iter=max(max_iter, job["hr_ps_niter"]))
         # point-source candidates: keep as galaxy only if a Sersic model is clearly better
-        for k, s in enumerate(starts if try_galaxy else []):
+        for k, s in enumerate(starts):
             if s.kind != "point":
                 continue
             trial = list(fit.sources)

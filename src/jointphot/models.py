@@ -28,6 +28,8 @@ from .engines.base import PSF, SERSIC_N_RANGE, Source, FIXED_SERSIC_N
 
 #: Widths (standard deviations, units of re) of the mixture components.
 MOG_SIGMAS = np.logspace(np.log10(0.001), np.log10(50.0), 48)
+#: PSF pixels below this fraction of the peak (outside the box of those above it) are dropped.
+PSF_TRIM = 1e-6
 #: Step of the n grid on which mixtures are fitted.
 N_GRID_STEP = 0.02
 _RADII = np.logspace(-4, np.log10(400.0), 900)
@@ -87,16 +89,24 @@ def shape_from_matrix(a: np.ndarray):
     return re, np.sqrt(max(evals[0], 0.0) / evals[1]), phi
 
 
-def source_components(src: Source, min_amp: float = 1e-7):
+_MIN_AMP = 1e-7
+
+
+def source_index(src: Source) -> float:
+    """Sersic index of a galaxy source (fixed for exp/dev), clipped to SERSIC_N_RANGE."""
+    fixed = FIXED_SERSIC_N.get(src.kind)
+    return float(np.clip(src.n if fixed is None else fixed, *SERSIC_N_RANGE))
+
+
+def source_components(src: Source):
     """Unit-flux mixture of a source: (amplitudes (K,), variances s_k^2 (K,), shape A A^T (2,2)).
 
     Component k has covariance s_k^2 * A A^T pixels^2; a point source is one zero-width component.
     """
     if src.kind == "point":
         return np.ones(1), np.zeros(1), np.zeros((2, 2))
-    fixed = FIXED_SERSIC_N.get(src.kind)
-    amps = sersic_mixture(src.n if fixed is None else fixed)
-    keep = amps > min_amp
+    amps = sersic_mixture(source_index(src))
+    keep = amps > _MIN_AMP
     a = shape_matrix(src.re, src.ab, src.phi)
     return amps[keep], MOG_SIGMAS[keep] ** 2, a @ a.T
 
@@ -107,7 +117,6 @@ class PSFRenderer:
     def __init__(self, psf: PSF):
         self.psf = psf
         img = np.asarray(psf.image, float)
-        self.psf_half = img.shape[0] // 2
         ny, nx = img.shape
         yy, xx = np.mgrid[:ny, :nx]
         pos = np.clip(img, 0, None)
@@ -117,7 +126,13 @@ class PSFRenderer:
         cyy = ((yy - y0) ** 2 * pos).sum() / w
         cxy = ((xx - x0) * (yy - y0) * pos).sum() / w
         self.psf_cov = np.array([[cxx, cxy], [cxy, cyy]])
-        self._img = img
+        # drop the PSF's outer rows/columns below PSF_TRIM of its peak: they cost FFT size, not accuracy
+        c = ny // 2
+        rows = np.flatnonzero(np.abs(img).max(axis=1) > PSF_TRIM * img.max())
+        cols = np.flatnonzero(np.abs(img).max(axis=0) > PSF_TRIM * img.max())
+        h = max(c - min(rows[0], cols[0]), max(rows[-1], cols[-1]) - c, 1)
+        self.psf_half = int(min(h, c))
+        self._img = img[c - self.psf_half:c + self.psf_half + 1, c - self.psf_half:c + self.psf_half + 1]
         self._dft_cache = {}
 
     def _psf_dft(self, size: int) -> np.ndarray:
@@ -137,11 +152,12 @@ class PSFRenderer:
             self._dft_cache[size] = dft
         return dft
 
-    def stamp_half_size(self, src: Source) -> int:
-        """Half-size (pixels) of the stamp on which `src` is drawn."""
-        n = FIXED_SERSIC_N.get(src.kind) or src.n
+    def stamp_half_size(self, src: Source, reach: float = np.inf) -> int:
+        """Half-size (pixels) of the stamp on which `src` is drawn; at most `reach` + the PSF half-size
+        (pass the distance to the farthest pixel that matters, e.g. a fit box's corner)."""
+        n = source_index(src) if src.kind != "point" else 0.0
         extent = 0.0 if src.kind == "point" else (4.0 + 4.0 * n) * src.re  # ~99 % of the light
-        return int(min(max(extent, 3.0 * self.psf_half / 2 + 4, 8), 400))
+        return int(min(max(extent, 3.0 * self.psf_half / 2 + 4, 8), 400, reach + self.psf_half + 2))
 
     def render_unit(self, src: Source, half: int, with_gradient: bool = False):
         """Unit-flux image of `src` on a (2*half+1)^2 stamp centred on pixel round(x), round(y).
@@ -163,7 +179,8 @@ class PSFRenderer:
             # FT of a normalised Gaussian of covariance C: exp(-2 pi^2 k^T C k)
             quad = (-2 * np.pi ** 2 * cshape[0, 0]) * kx2 + (-4 * np.pi ** 2 * cshape[0, 1]) * kxy \
                 + (-2 * np.pi ** 2 * cshape[1, 1]) * ky2
-            ft = _mixture_ft(amps[narrow], s2[narrow], quad)
+            count = int(narrow.sum())
+            ft = 1.0 if src.kind == "point" else _mixture_ft(source_index(src), count, quad)
             # the shift to the stamp centre is separable: a row phase times a column phase
             phase_x = np.exp(-2j * np.pi * kx * (half + dx))
             phase_y = np.exp(-2j * np.pi * ky * (half + dy))
@@ -176,15 +193,17 @@ class PSFRenderer:
             yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
             xx = xx - dx
             yy = yy - dy
-            for a_k, s2_k in zip(amps[~narrow], s2[~narrow]):
-                c_t = s2_k * cshape + self.psf_cov
-                inv = np.linalg.inv(c_t)
-                r2 = inv[0, 0] * xx ** 2 + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy ** 2
-                g = a_k * np.exp(-0.5 * r2) / (2 * np.pi * np.sqrt(np.linalg.det(c_t)))
-                stamp += g
-                if with_gradient:
-                    grad_x += g * (inv[0, 0] * xx + inv[0, 1] * yy)
-                    grad_y += g * (inv[0, 1] * xx + inv[1, 1] * yy)
+            # all wide components at once: covariances s_k^2 C + P, inverted in closed form
+            cov = s2[~narrow, None, None] * cshape + self.psf_cov
+            det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
+            i00, i01, i11 = (cov[:, 1, 1] / det)[:, None, None], (-cov[:, 0, 1] / det)[:, None, None], \
+                (cov[:, 0, 0] / det)[:, None, None]
+            g = np.exp(-0.5 * (i00 * xx ** 2 + 2 * i01 * xx * yy + i11 * yy ** 2)) \
+                * (amps[~narrow] / (2 * np.pi * np.sqrt(det)))[:, None, None]
+            stamp += g.sum(axis=0)
+            if with_gradient:
+                grad_x += (g * (i00 * xx + i01 * yy)).sum(axis=0)
+                grad_y += (g * (i01 * xx + i11 * yy)).sum(axis=0)
         if with_gradient:
             return stamp, grad_x, grad_y, ix - half, iy - half
         return stamp, ix - half, iy - half
@@ -198,22 +217,25 @@ def _freq_grids(nfft: int):
     return kx, ky, np.broadcast_to(kx ** 2, (nfft, kx.size)).copy(), np.broadcast_to(ky ** 2, (nfft, kx.size)).copy(), kx * ky
 
 
-def _mixture_ft(amps: np.ndarray, s2: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """sum_k amps_k exp(s2_k * quad) on the grid `quad` (<= 0).
+#: The mixture's Fourier transform is tabulated at t = 0 and on this log grid of t (see _mixture_table).
+_T_GRID = np.concatenate([[0.0], np.logspace(-3, 4, 1401)])
 
-    The sum is a function of the single variable quad, so it is tabulated on a grid of
-    t = sqrt(-quad) and interpolated: one interpolation instead of K exponentials per pixel.
+
+@functools.lru_cache(maxsize=256)
+def _mixture_table(n: float, count: int) -> np.ndarray:
+    """f(t) = sum_k a_k exp(-s_k^2 t^2) on _T_GRID, for the `count` narrowest kept components at index n.
+
+    With quad = -t^2 the FT of a unit-flux source is f(sqrt(-quad)): it depends on the shape
+    only through quad, so one table per n serves every radius, axis ratio and angle.
     """
-    t = np.sqrt(-quad)
-    t_max = float(t.max())
-    if t_max == 0.0 or len(amps) == 1:
-        return amps[0] * np.exp(s2[0] * quad) if len(amps) == 1 else np.full(quad.shape, amps.sum())
-    grid = np.linspace(0.0, t_max, _FT_TABLE_SIZE)
-    table = np.exp(-np.outer(grid ** 2, s2)) @ amps
-    return np.interp(t, grid, table)
+    amps = sersic_mixture(n)
+    keep = np.flatnonzero(amps > _MIN_AMP)[:count]
+    return np.exp(-np.outer(_T_GRID ** 2, MOG_SIGMAS[keep] ** 2)) @ amps[keep]
 
 
-_FT_TABLE_SIZE = 4096
+def _mixture_ft(n: float, count: int, quad: np.ndarray) -> np.ndarray:
+    """sum_k a_k exp(s_k^2 quad) on the grid `quad` (<= 0), by interpolation in _mixture_table."""
+    return np.interp(np.sqrt(-quad), _T_GRID, _mixture_table(n, count))
 
 
 def add_stamp(image: np.ndarray, stamp: np.ndarray, x0: int, y0: int, scale: float = 1.0) -> None:

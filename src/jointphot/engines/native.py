@@ -66,7 +66,10 @@ class NativeEngine(Engine):
     def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0) -> GroupFit:
         renderer = PSFRenderer(psf)
         starts = [s.copy() for s in sources]
-        halves = [renderer.stamp_half_size(s) for s in starts]
+        ny, nx = image.shape
+        # nothing beyond the box is fitted: stamps need not reach further than its far corner
+        halves = [renderer.stamp_half_size(s, reach=np.hypot(max(s.x, nx - s.x), max(s.y, ny - s.y)) + pos_bound)
+                  for s in starts]
         vecs = [to_standard(s) for s in starts]
         sizes = [len(v) for v in vecs]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
