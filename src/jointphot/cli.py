@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import JointphotError
+from .errors import Interrupted, JointphotError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["auto", "native", "tractor"]), default=None,
                              help="Fitting engine (default: the job's `engine` key, else auto = the Tractor "
@@ -20,7 +20,7 @@ ENGINE_OPTION = click.option("--engine", type=click.Choice(["auto", "native", "t
 
 
 class _Group(click.Group):
-    """Turns JointphotError into one line on stderr and exit status 1 (no traceback)."""
+    """Turns JointphotError (and OS errors such as a full disk) into one line on stderr and exit status 1."""
 
     def invoke(self, ctx):
         try:
@@ -28,24 +28,59 @@ class _Group(click.Group):
         except JointphotError as exc:
             click.echo(f"jointphot: error: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:   # e.g. no space left, permission denied, read-only file system
+            where = f": {exc.filename!r}" if exc.filename else ""
+            click.echo(f"jointphot: error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("jointphot").setLevel(level)
+    from .pipeline import setup_console_logging
+    setup_console_logging(verbose, quiet)
+
+
+def _verbosity_options(func):
+    """-v/--verbose and -q/--quiet after the subcommand too (`jointphot run JOB --quiet`)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, verbose_sub=False, quiet_sub=False, **kwargs):
+        if verbose_sub or quiet_sub:
+            ctx = click.get_current_context().find_root()
+            ctx.obj = ctx.obj or {}
+            verbose = verbose_sub or ctx.obj.get("verbose", False)
+            quiet = (quiet_sub or ctx.obj.get("quiet", False)) and not verbose
+            ctx.obj.update(verbose=verbose, quiet=quiet)
+            _setup_logging(verbose, quiet)
+        return func(*args, **kwargs)
+
+    wrapper = click.option("-q", "--quiet", "quiet_sub", is_flag=True,
+                           help="Warnings and errors only: no progress, no summary.")(wrapper)
+    wrapper = click.option("-v", "--verbose", "verbose_sub", is_flag=True,
+                           help="Every message, with tracebacks.")(wrapper)
+    return wrapper
+
+
+def _echo(message: str) -> None:
+    """A result line on stdout (not with --quiet)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    if not (root and root.obj and root.obj.get("quiet")):
+        click.echo(message)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jointphot")
-@click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
-@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(verbose, quiet):
+@click.option("-v", "--verbose", is_flag=True, help="Every message, with tracebacks (per-tile logs always have them).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress, no summary.")
+@click.pass_context
+def main(ctx, verbose, quiet):
     """Joint prior-based photometry of a high-resolution (HR) and a low-resolution (LR) image.
 
     Fluxes are in image counts (mag = zp - 2.5 log10 flux) and in microjansky; positions in
     degrees in the reference frame of the astrometric offset files.
     """
+    ctx.obj = {"verbose": verbose, "quiet": quiet and not verbose}
     _setup_logging(verbose, quiet)
 
 
@@ -77,6 +112,7 @@ _TILE_ARGS = [click.argument("job", type=click.Path(dir_okay=False)),
 
 
 def _with_tile_args(func, engine=False):
+    func = _verbosity_options(func)
     for deco in reversed(_TILE_ARGS + ([ENGINE_OPTION] if engine else [])):
         func = deco(func)
     return func
@@ -86,6 +122,7 @@ def _with_tile_args(func, engine=False):
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Plan file to write (default <workdir>/plan.json).")
+@_verbosity_options
 def plan_command(job, output):
     """Check the inputs and lay out the tile grid; write plan.json.
 
@@ -97,7 +134,7 @@ def plan_command(job, output):
     output = output or os.path.join(plan["job"]["workdir"], "plan.json")
     plan_mod.write_plan(plan, output)
     g = plan["grid"]
-    click.echo(f"{len(plan['tiles'])} tiles ({g['nx']} x {g['ny']}) -> {output}")
+    _echo(f"{len(plan['tiles'])} tiles ({g['nx']} x {g['ny']}) -> {output}")
 
 
 main.command("cutout")(_with_tile_args(_tile_step("cutout")))
@@ -120,70 +157,211 @@ main.commands["fit-lr"].help = ("Forced LR photometry with the HR models: tNNNN_
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Catalogue to write (default <workdir>/catalog.fits).")
 @click.option("--missing-tiles", default="", help="Comma list of tiles known to have failed (recorded in the header).")
+@_verbosity_options
 def merge_command(job, tile_files, output, missing_tiles):
     """Merge per-tile catalogues (tNNNN_lr_fit.fits) into one catalogue; overlaps kept once."""
     from .merge import default_tile_files, merge_tables, read_tile_catalogues, write_catalogue
     plan = _load(job)
     files = list(tile_files) or default_tile_files(plan)
+    if not files:
+        raise JointphotError(f"merge: no tile catalogues (tNNNN_lr_fit.fits) of this job under "
+                             f"{os.path.join(plan['job']['workdir'], 'tiles')!r}: run the tiles first")
     tables = read_tile_catalogues(plan, files)
-    declared = {int(t) for t in missing_tiles.split(",") if t.strip()}
+    try:
+        declared = {int(t) for t in missing_tiles.split(",") if t.strip()}
+    except ValueError:
+        raise JointphotError(f"--missing-tiles: {missing_tiles!r} is not a comma-separated list of tile ids") from None
     missing = sorted(declared | (set(range(len(plan["tiles"]))) - set(tables)))
     merged = merge_tables(plan, tables)
     output = output or os.path.join(plan["job"]["workdir"], "catalog.fits")
     write_catalogue(plan, merged, output, missing, [t.meta.get("engine", "") for t in tables.values()])
-    click.echo(f"{len(merged)} sources from {len(tables)} tiles -> {output}" +
-               (f" (missing tiles: {','.join(map(str, missing))})" if missing else ""))
+    _echo(f"{len(merged)} sources from {len(tables)} tiles -> {output}" +
+          (f" (missing tiles: {','.join(map(str, missing))})" if missing else ""))
+
+
+def _tile_ids(plan, tiles):
+    """Tile ids of `run --tiles` (or of the job's tile_id key); errors name where the bad id came from."""
+    from . import plan as plan_mod
+    n = len(plan["tiles"])
+    if tiles is None:
+        tile_id = plan["job"]["tile_id"]
+        if tile_id is None:
+            return list(range(n))
+        if not 0 <= tile_id < n:
+            raise JointphotError(f"job key tile_id: tile {tile_id} does not exist: the grid has {n} tile"
+                                 f"{'s' if n != 1 else ''} (0..{n - 1}); see `jointphot plan`, or use --tiles all")
+        return [tile_id]
+    try:
+        return plan_mod.parse_tiles(tiles, n)
+    except JointphotError as exc:
+        raise JointphotError(f"--tiles: {exc}") from None
 
 
 @main.command("run")
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--tiles", default=None, help="'all', one id or a comma list (default: the job's tile_id, else all).")
-@click.option("-j", "--jobs", type=int, default=None, help="Tiles run in parallel (default: the job's ncores, else 1).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Tiles run in parallel (default: the job's ncores, else 1).")
 @ENGINE_OPTION
 @click.option("--force", is_flag=True, help="Re-run steps whose outputs exist for this job.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Catalogue to write (default <workdir>/catalog.fits).")
-def run_command(job, tiles, jobs, engine, force, output):
-    """Run the whole chain (cutout, detect, fit-hr, fit-lr) for tiles, then merge.
+@click.option("--no-qa", is_flag=True, help="Do not draw the QA pictures (<workdir>/qa).")
+@_verbosity_options
+def run_command(job, tiles, jobs, engine, force, output, no_qa):
+    """Run the whole chain (cutout, detect, fit-hr, fit-lr) for tiles, then merge, then draw QA pictures.
 
     Finished steps are re-used when the job is unchanged, so an interrupted run continues
-    where it stopped.  Exit status 1 when any tile failed (the others are still merged).
+    where it stopped.  Progress: one line per tile on stderr; every tile logs to
+    <workdir>/tiles/NNNN/tNNNN.log, the run to <workdir>/run.log.  Exit status 1 when any
+    tile failed (the others are still merged, the missing tiles named in the catalogue
+    header); 128 + signal number when interrupted (finished tiles are kept).
     """
     import time
     from . import plan as plan_mod
+    from .detect import find_sextractor
     from .merge import merge_tables, read_tile_catalogues, write_catalogue
-    from .pipeline import run_tiles
+    from .pipeline import clean_stale_files, interruptible, progress_log, run_tiles, workdir_lock
     start = time.time()
     plan = _load(job)
-    plan_mod.write_plan(plan, os.path.join(plan["job"]["workdir"], "plan.json"))
-    if tiles is None:
-        tiles = "all" if plan["job"]["tile_id"] is None else str(plan["job"]["tile_id"])
-    ids = plan_mod.parse_tiles(tiles, len(plan["tiles"]))
+    ids = _tile_ids(plan, tiles)
     n_jobs = jobs or plan["job"]["ncores"] or 1
+    if n_jobs < 1:
+        raise JointphotError(f"job key ncores must be at least 1, got {n_jobs}")
     engine_name = _engine(plan, engine)
-    logger = logging.getLogger("jointphot")
+    from .engines import get_engine
+    get_engine(engine_name)                       # --engine tractor without the Tractor: fail now
+    find_sextractor(plan["job"]["sex_command"])   # no SExtractor: fail now, not in every tile
+    workdir = plan["job"]["workdir"]
+    output = output or os.path.join(workdir, "catalog.fits")
+    with workdir_lock(workdir), _run_log(workdir):
+        clean_stale_files(workdir, sextractor_dirs=False)
+        plan_mod.write_plan(plan, os.path.join(workdir, "plan.json"))
+        progress_log.info("jointphot %s: %d tile%s of %s, %d at a time, engine %s, work dir %s", __version__, len(ids),
+                          "s" if len(ids) != 1 else "", job, min(n_jobs, len(ids)), engine_name, workdir)
 
-    def report(status, done, total):
-        state = "ok" if status["ok"] else "FAILED"
-        reused = f", re-used {'+'.join(status['reused'])}" if status["reused"] else ""
-        logger.info("[%d/%d] tile %d %s (%.1f s%s)%s", done, total, status["tile_id"], state, status["seconds"],
-                    reused, "" if status["ok"] else f": {status['error']}")
+        def report(status, done, total):
+            if status["ok"]:
+                what = f"ok, {status['n_sources']} sources"
+                if status["reused"] and len(status["reused"]) == 4:
+                    what += ", re-used"
+                elif status["reused"]:
+                    what += f", re-used {'+'.join(status['reused'])}"
+                progress_log.info("[%d/%d] tile %d %s (%.1f s)", done, total, status["tile_id"], what,
+                                  status["seconds"])
+            else:
+                progress_log.error("[%d/%d] tile %d FAILED (%.1f s): %s", done, total, status["tile_id"],
+                                   status["seconds"], status["error"])
 
-    results = run_tiles(plan, ids, engine_name, n_jobs, force, report)
-    failed = {s["tile_id"]: s["error"] for s in results if not s["ok"]}
-    files = [plan_mod.tile_path(plan_mod.tile_dir(plan, s["tile_id"]), s["tile_id"], "lr_fit")
-             for s in results if s["ok"]]
-    tables = read_tile_catalogues(plan, files)
-    merged = merge_tables(plan, tables)
-    output = output or os.path.join(plan["job"]["workdir"], "catalog.fits")
-    missing = sorted(set(ids) - set(tables))
-    write_catalogue(plan, merged, output, missing, [t.meta.get("engine", "") for t in tables.values()], failed)
-    click.echo(f"{len(ids) - len(failed)}/{len(ids)} tiles done, {len(failed)} failed, {len(merged)} sources, "
-               f"{time.time() - start:.1f} s -> {output}")
-    if failed:
-        for t, err in sorted(failed.items()):
-            click.echo(f"jointphot: error: tile {t} failed: {err}", err=True)
-        sys.exit(1)
+        try:
+            with interruptible():
+                results = run_tiles(plan, ids, engine_name, n_jobs, force, report)
+        except Interrupted as exc:
+            finished = [t for t in ids if os.path.exists(os.path.join(plan_mod.tile_dir(plan, t),
+                                                                       f".t{t:04d}_fit-lr.done"))]
+            message = (f"{exc} after {time.time() - start:.1f} s: {len(finished)} of {len(ids)} tiles are finished "
+                       f"and kept; run the same command again to continue")
+            progress_log.error("%s", message, extra={"console": False})
+            click.echo(f"jointphot: error: {message}", err=True)
+            sys.exit(128 + exc.signum)
+        failed = {s["tile_id"]: s["error"] for s in results if not s["ok"]}
+        ok = [s for s in results if s["ok"]]
+        n_sources = 0
+        if ok:
+            files = [plan_mod.tile_path(plan_mod.tile_dir(plan, s["tile_id"]), s["tile_id"], "lr_fit") for s in ok]
+            tables = read_tile_catalogues(plan, files)
+            merged = merge_tables(plan, tables)
+            n_sources = len(merged)
+            missing = sorted(set(ids) - set(tables))
+            write_catalogue(plan, merged, output, missing, [t.meta.get("engine", "") for t in tables.values()],
+                            failed)
+        if not no_qa:
+            _run_qa(plan, progress_log, output if ok else None, n_jobs)
+        reused = sum(1 for s in ok if len(s["reused"]) == len(STEPS))
+        summary = (f"{len(ok)}/{len(ids)} tiles done ({reused} re-used), {len(failed)} failed, {n_sources} sources, "
+                   f"{time.time() - start:.1f} s")
+        if not ok:
+            summary += "; no catalogue written (no tile finished)"
+        else:
+            summary += f" -> {output}"
+            if failed:
+                summary += f" (INCOMPLETE: tiles {','.join(map(str, sorted(failed)))} missing)"
+        progress_log.info("%s", summary, extra={"console": False})
+        _echo(summary)
+        if failed:
+            first = min(failed)
+            click.echo(f"jointphot: error: {len(failed)} of {len(ids)} tiles failed ({','.join(map(str, sorted(failed)))}"
+                       f"); first: tile {first}: {failed[first]}", err=True)
+            click.echo(f"jointphot: error: logs in {os.path.join(workdir, 'tiles', 'NNNN', 'tNNNN.log')}; fix the "
+                       f"cause and run the same command again (finished tiles are re-used)", err=True)
+            sys.exit(1)
+
+
+STEPS = ("cutout", "detect", "fit-hr", "fit-lr")
+
+
+class _run_log:
+    """<workdir>/run.log: the progress lines, errors and summary of every run (appended)."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, "run.log")
+
+    def __enter__(self):
+        from .pipeline import progress_log
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setLevel(logging.DEBUG)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+        main_pid = os.getpid()
+        self.handler.addFilter(lambda record: record.process == main_pid)
+        progress_log.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        from .pipeline import progress_log
+        progress_log.removeHandler(self.handler)
+        self.handler.close()
+        return False
+
+
+def _run_qa(plan, logger, catalog=None, jobs=1):
+    """QA pictures at the end of `run`: skipped (one line) without matplotlib; a QA failure is a warning."""
+    try:
+        from . import qa
+        qa.require_matplotlib()
+    except JointphotError as exc:
+        logger.info("QA pictures skipped: %s", exc)
+        return
+    try:
+        paths = qa.make_qa(plan, catalog=catalog, jobs=jobs)
+    except Exception as exc:  # noqa: BLE001 - pictures must never cost the catalogue
+        logger.warning("QA pictures failed: %s: %s", type(exc).__name__, exc)
+        return
+    logger.info("QA pictures: %s", paths["html"])
+
+
+@main.command("qa")
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--tiles", default="all", show_default=True, help="Tiles to draw: 'all', one id or a comma list.")
+@click.option("-o", "--outdir", type=click.Path(file_okay=False), default=None,
+              help="Directory of the pictures (default <workdir>/qa).")
+@click.option("--force", is_flag=True, help="Redraw the tile pictures even when they are newer than their tile's products.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tile pictures drawn in parallel.")
+@_verbosity_options
+def qa_command(job, tiles, outdir, force, jobs):
+    """Draw the QA pictures: per tile HR and LR data / model / residual with the detections
+    (qa/tile_NNNN.png), and a summary (qa/summary.png, qa/summary.html): tile map coloured by
+    status, LR vs HR magnitude, flux error vs magnitude, residual statistics per tile."""
+    from . import plan as plan_mod
+    from . import qa
+    qa.require_matplotlib()
+    plan = _load(job)
+    try:
+        ids = plan_mod.parse_tiles(tiles, len(plan["tiles"]))
+    except JointphotError as exc:
+        raise JointphotError(f"--tiles: {exc}") from None
+    paths = qa.make_qa(plan, outdir=outdir, tile_ids=ids, force=force, jobs=jobs)
+    _echo(f"{len(paths['tiles'])} tile pictures, summary -> {paths['html']}")
 
 
 @main.command("simulate")

@@ -6,14 +6,17 @@ complete).  Only these sections are read from disk.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 
-from .errors import JointphotError
 from .images import (LR_EXTENSIONS, celestial_wcs, image_hdu, open_fits, read_section, sliced_header,
                      write_fits_atomic)
 from .plan import get_tile, tile_path
+
+log = logging.getLogger("jointphot.cutout")
 
 #: Extra LR pixels around the HR footprint, on top of half the LR PSF size.
 LR_MARGIN_PIX = 4
@@ -53,13 +56,14 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
     with open_fits(job["hr_large_image_name"], "hr_large_image_name") as hdul:
         hdu = image_hdu(hdul, job["hr_large_image_name"], "hr_large_image_name")
         hr_wcs = celestial_wcs(hdu.header, job["hr_large_image_name"], "hr_large_image_name")
-        sci = read_section(hdu, y0, y1, x0, x1)
+        sci = read_section(hdu, y0, y1, x0, x1, path=job["hr_large_image_name"], what="hr_large_image_name")
         hr_header = sliced_header(hdu.header, hr_wcs, x0, y0)
     weight = None
     if job["hr_large_image_wht_name"]:
         with open_fits(job["hr_large_image_wht_name"], "hr_large_image_wht_name") as hdul:
             whdu = image_hdu(hdul, job["hr_large_image_wht_name"], "hr_large_image_wht_name")
-            weight = read_section(whdu, y0, y1, x0, x1)
+            weight = read_section(whdu, y0, y1, x0, x1, path=job["hr_large_image_wht_name"],
+                                  what="hr_large_image_wht_name")
     invvar = hr_invvar(sci, weight, job["hr_wht_image_type"])
     sci = np.where(np.isfinite(sci), sci, 0.0).astype(np.float32)
     _stamp(hr_header, tile_id, x0, y0, "HR")
@@ -81,10 +85,15 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
         ly0 = max(0, int(np.floor(lxy[:, 1].min())) - margin)
         ly1 = min(lny, int(np.ceil(lxy[:, 1].max())) + margin + 1)
         if lx0 >= lx1 or ly0 >= ly1:
-            raise JointphotError(f"tile {tile_id}: the LR image {lr_path!r} does not cover this tile")
-        image = read_section(hdus["IMAGE"], ly0, ly1, lx0, lx1)
-        mask = read_section(hdus["MASK"], ly0, ly1, lx0, lx1, dtype=np.int32)
-        variance = read_section(hdus["VARIANCE"], ly0, ly1, lx0, lx1)
+            # HR-only tile: keep it (HR photometry, no LR flux, flag LR_OFF_IMAGE); a 1-pixel LR
+            # cutout at the nearest edge carries the WCS, and lies outside the HR footprint.
+            log.warning("tile %d: outside the LR image %r: HR photometry only, no LR fluxes (flag LR_OFF_IMAGE)",
+                        tile_id, lr_path)
+            lx0, ly0 = min(max(lx0, 0), lnx - 1), min(max(ly0, 0), lny - 1)
+            lx1, ly1 = lx0 + 1, ly0 + 1
+        image = read_section(hdus["IMAGE"], ly0, ly1, lx0, lx1, path=lr_path, what="lr_large_image_name")
+        mask = read_section(hdus["MASK"], ly0, ly1, lx0, lx1, dtype=np.int32, path=lr_path, what="lr_large_image_name")
+        variance = read_section(hdus["VARIANCE"], ly0, ly1, lx0, lx1, path=lr_path, what="lr_large_image_name")
         lr_header = sliced_header(hdus["IMAGE"].header, lr_wcs, lx0, ly0)
         mask_header = sliced_header(hdus["MASK"].header, lr_wcs, lx0, ly0)
         for card in hdus["MASK"].header.cards:

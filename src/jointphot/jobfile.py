@@ -80,6 +80,8 @@ def load_job(path: str) -> Dict[str, Any]:
         raise JointphotError(f"job file {path!r} does not exist") from None
     except json.JSONDecodeError as exc:
         raise JointphotError(f"job file {path!r} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise JointphotError(f"job file {path!r} is not a text (JSON) file") from None
     except OSError as exc:
         raise JointphotError(f"job file {path!r} cannot be read: {exc.strerror}") from None
     if not isinstance(raw, dict):

@@ -10,6 +10,7 @@ tile and is kept.  Every source is therefore kept exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from typing import Dict, Iterable, List, Optional
@@ -24,6 +25,8 @@ from .catalog import readme_text, set_units
 from .errors import JointphotError
 from .images import write_fits_atomic, write_text_atomic
 from .plan import tile_path
+
+log = logging.getLogger("jointphot.merge")
 
 BOUNDARY_TOLERANCE_PIX = 3.0
 DUPLICATE_RADIUS_ARCSEC = 0.15
@@ -77,25 +80,49 @@ def merge_tables(plan, tables: Dict[int, Table]) -> Table:
 def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
     """{tile_id: table} from per-tile lr_fit files."""
     tables = {}
+    seen = {}
     for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen[real] = path
         try:
             with fits.open(path) as hdul:
                 table = Table(hdul["LR_FIT"].data)
                 tile_id = int(hdul["LR_FIT"].header["JP_TILE"])
                 table.meta["engine"] = hdul["LR_FIT"].header.get("JP_ENGV", "")
-        except (OSError, KeyError) as exc:
+        except FileNotFoundError:
+            raise JointphotError(f"merge: {path!r} does not exist") from None
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise JointphotError(f"merge: {path!r} is not a jointphot per-tile catalogue ({exc})") from None
+        if tile_id in tables:
+            raise JointphotError(f"merge: two catalogues of tile {tile_id}: {path!r} and another file")
+        if not 0 <= tile_id < len(plan["tiles"]):
+            raise JointphotError(f"merge: {path!r} is tile {tile_id}, which is not in this job's grid "
+                                 f"(0..{len(plan['tiles']) - 1})")
         tables[tile_id] = table
     return tables
 
 
 def default_tile_files(plan) -> List[str]:
-    """Existing tNNNN_lr_fit.fits files under <workdir>/tiles."""
+    """Existing tNNNN_lr_fit.fits files under <workdir>/tiles that were made for this job.
+
+    A file whose fit-lr .done marker names another job (the job or its inputs changed since)
+    is skipped with a warning; a file without a marker (copied by hand) is taken.
+    """
+    from .pipeline import read_marker
     out = []
     for t in plan["tiles"]:
-        path = tile_path(os.path.join(plan["job"]["workdir"], "tiles", f"{t['tile_id']:04d}"), t["tile_id"], "lr_fit")
-        if os.path.exists(path):
-            out.append(path)
+        directory = os.path.join(plan["job"]["workdir"], "tiles", f"{t['tile_id']:04d}")
+        path = tile_path(directory, t["tile_id"], "lr_fit")
+        if not os.path.exists(path):
+            continue
+        marker = read_marker(directory, t["tile_id"], "fit-lr")
+        if marker is not None and marker.get("job_hash") != plan["job_hash"]:
+            log.warning("merge: skipping %s: it was made for another version of the job or its input files "
+                        "(re-run tile %d)", path, t["tile_id"])
+            continue
+        out.append(path)
     return out
 
 

@@ -1,19 +1,51 @@
-"""Running the chain for tiles: step order, re-use of finished steps, parallel tiles, merge."""
+"""Running the chain for tiles: step order, re-use of finished steps, parallel tiles, faults.
+
+Guarantees (issue 5):
+
+- every product is written atomically (a temporary name in the same directory, then a
+  rename), so a killed run leaves no half-written product; stale temporary files of a killed
+  run are removed when the tile runs again;
+- a step that runs first drops its own .done marker and every later step's products and
+  markers, and a step that fails removes what it wrote: a tile directory never mixes products
+  of two runs, and `jointphot merge` never picks up a stale catalogue;
+- a step is re-used only when its .done marker names the same job (hash of the job and its
+  input files) and engine;
+- a worker process that dies (out of memory, killed) fails only its own tile: the tiles it
+  took down with it are run again, one at a time, each in its own process;
+- a worker whose parent `jointphot run` died (kill -9) exits within a second, and one
+  `jointphot run` at a time works in a work directory (a lock file), so an interrupted run can
+  be re-run at once.
+
+Logs: each tile appends to <tile dir>/tNNNN.log (every message, DEBUG included, with time
+stamps and tracebacks of unexpected errors); the console shows progress, warnings and errors
+(see :func:`setup_console_logging`).
+"""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import glob
 import json
 import logging
 import os
+import shutil
+import signal
+import sys
+import threading
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Dict, List, Optional
 
-from .errors import JointphotError
+import numpy as np
+
+from .errors import Interrupted, JointphotError
 from .images import write_text_atomic
 from .plan import tile_dir, tile_path
 
 log = logging.getLogger("jointphot.pipeline")
+#: Progress lines and the run summary: the only INFO messages shown on the console by default.
+progress_log = logging.getLogger("jointphot.run")
 
 #: step name -> products it writes (tile_path product names)
 STEP_OUTPUTS = {
@@ -22,88 +54,392 @@ STEP_OUTPUTS = {
     "fit-hr": ("hr_fit", "hr_images"),
     "fit-lr": ("lr_fit", "lr_images"),
 }
+#: Lock file of a work directory (holds the pid of the `jointphot run` using it).
+LOCK_NAME = ".jointphot.lock"
+#: Seconds a run waits for another run's lock (e.g. the workers of a killed run exiting).
+LOCK_WAIT_SECONDS = 15.0
+#: Message of a tile whose worker process died.
+DIED = "the process running this tile died (killed by a signal, e.g. out of memory)"
+
+#: `extra` of messages for the log files only (the console has them in the progress line).
+QUIET = {"console": False}
+
+#: The tile this process is working on (prefix of console messages), None outside tiles.
+_current_tile: Optional[int] = None
+
+
+def current_tile() -> Optional[int]:
+    return _current_tile
+
+
+# --------------------------------------------------------------------------- logging
+class ConsoleFormatter(logging.Formatter):
+    """`jointphot: warning: tile 3: message`; progress lines as they are; -v adds logger names."""
+
+    def __init__(self, verbose: bool = False):
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record):
+        msg = record.getMessage()
+        if record.name == progress_log.name:
+            return msg
+        tile = current_tile()
+        if tile is not None and not msg.startswith(f"tile {tile}"):
+            msg = f"tile {tile}: {msg}"
+        if record.exc_info and self.verbose:
+            msg += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.ERROR:
+            return f"jointphot: error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"jointphot: warning: {msg}"
+        if self.verbose and record.name != progress_log.name:
+            return f"jointphot: {record.levelname.lower()}: {record.name}: {msg}"
+        return msg
+
+
+class _ConsoleFilter(logging.Filter):
+    """Default console: progress lines, warnings and errors; --verbose: everything."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record):
+        if not getattr(record, "console", True) and not self.verbose:
+            return False   # said by the progress line already
+        return self.verbose or record.levelno >= logging.WARNING or record.name == progress_log.name
+
+
+def setup_console_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Console (stderr) logging of the `jointphot` loggers.
+
+    default: per-tile progress lines, warnings, errors.  quiet: warnings and errors only.
+    verbose: every message (DEBUG), with logger names and tracebacks.  The logger itself
+    passes everything on, so the per-tile log files are complete whatever the console shows.
+    """
+    root = logging.getLogger("jointphot")
+    for h in list(root.handlers):
+        if getattr(h, "_jointphot_console", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._jointphot_console = True
+    handler.setLevel(logging.WARNING if quiet and not verbose else logging.DEBUG)
+    handler.addFilter(_ConsoleFilter(verbose))
+    handler.setFormatter(ConsoleFormatter(verbose))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    root._jointphot_console_args = (verbose, quiet)
+
+
+def _console_args():
+    return getattr(logging.getLogger("jointphot"), "_jointphot_console_args", None)
+
+
+# --------------------------------------------------------------------------- steps
+def _marker(directory: str, tile_id: int, step: str) -> str:
+    return os.path.join(directory, f".t{tile_id:04d}_{step}.done")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "auto") -> None:
-    """Run one step of one tile, then record that it finished for this job (a .done marker)."""
+    """Run one step of one tile, then record that it finished for this job (a .done marker).
+
+    Before it runs, its own and every later step's products and markers are removed (they
+    would be stale); when it fails, what it wrote is removed too.  So a product without its
+    marker is never older than the job.
+    """
     from . import cutout, detect, fit_hr, fit_lr
     from .engines import get_engine
 
-    os.makedirs(directory, exist_ok=True)
-    if step == "cutout":
-        cutout.make_cutouts(plan, tile_id, directory)
-    elif step == "detect":
-        detect.detect_tile(plan, tile_id, directory)
-    elif step == "fit-hr":
-        fit_hr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
-    elif step == "fit-lr":
-        fit_lr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
-    else:
+    if step not in STEP_OUTPUTS:
         raise JointphotError(f"unknown step {step!r}")
+    os.makedirs(directory, exist_ok=True)
+    steps = list(STEP_OUTPUTS)
+    for later in steps[steps.index(step):]:
+        _remove(_marker(directory, tile_id, later))
+        for product in STEP_OUTPUTS[later]:
+            _remove(tile_path(directory, tile_id, product))
+    log.info("tile %d: %s", tile_id, step)
+    try:
+        if step == "cutout":
+            cutout.make_cutouts(plan, tile_id, directory)
+        elif step == "detect":
+            detect.detect_tile(plan, tile_id, directory)
+        elif step == "fit-hr":
+            fit_hr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
+        else:
+            fit_lr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
+    except BaseException:
+        for product in STEP_OUTPUTS[step]:
+            _remove(tile_path(directory, tile_id, product))
+        raise
     write_text_atomic(json.dumps({"job_hash": plan["job_hash"], "engine": engine_name}), _marker(directory, tile_id, step))
 
 
 def step_is_done(step: str, plan, tile_id: int, directory: str, engine_name: str) -> bool:
     """True when the step's outputs exist and were made for this very job and engine."""
+    marker = read_marker(directory, tile_id, step)
+    return (marker is not None and marker.get("job_hash") == plan["job_hash"] and marker.get("engine") == engine_name
+            and all(os.path.exists(tile_path(directory, tile_id, p)) for p in STEP_OUTPUTS[step]))
+
+
+def read_marker(directory: str, tile_id: int, step: str) -> Optional[Dict]:
+    """The .done marker of a step ({job_hash, engine}), None when there is none."""
     try:
         with open(_marker(directory, tile_id, step)) as fh:
             marker = json.load(fh)
     except (OSError, ValueError):
-        return False
-    return (marker.get("job_hash") == plan["job_hash"] and marker.get("engine") == engine_name
-            and all(os.path.exists(tile_path(directory, tile_id, p)) for p in STEP_OUTPUTS[step]))
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
-def _marker(directory: str, tile_id: int, step: str) -> str:
-    return os.path.join(directory, f".t{tile_id:04d}_{step}.done")
+def status_path(directory: str, tile_id: int) -> str:
+    """tNNNN_status.json: the outcome of the tile's last run (read by `jointphot qa`)."""
+    return os.path.join(directory, f"t{tile_id:04d}_status.json")
 
 
+def clean_stale_files(directory: str, sextractor_dirs: bool = True) -> List[str]:
+    """Remove temporary files (.tmp-*) and SExtractor run directories (sextractor_*/) a killed run left."""
+    removed = []
+    paths = glob.glob(os.path.join(directory, ".tmp-*"))
+    if sextractor_dirs:
+        paths += [p for p in glob.glob(os.path.join(directory, "sextractor_*")) if os.path.isdir(p)]
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove(path)
+        removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------- one tile
 def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
-    """All steps of one tile (finished ones re-used unless `force`); returns a status dict."""
+    """All steps of one tile (finished ones re-used unless `force`); returns a status dict.
+
+    status: tile_id, ok, error (one line), reused (steps), seconds, n_sources, log (file).
+    Every message goes to <tile dir>/tNNNN.log; the status is also written to tNNNN_status.json.
+    """
+    global _current_tile
     directory = tile_dir(plan, tile_id)
     os.makedirs(directory, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(directory, f"t{tile_id:04d}.log"), mode="a")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_path = os.path.join(directory, f"t{tile_id:04d}.log")
+    handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("jointphot")
+    old_level = root.level
+    if root.getEffectiveLevel() > logging.DEBUG:
+        root.setLevel(logging.DEBUG)
     root.addHandler(handler)
+    _current_tile = tile_id
     start = time.time()
-    status = {"tile_id": tile_id, "ok": True, "error": "", "reused": [], "seconds": 0.0}
+    status = {"tile_id": tile_id, "ok": True, "error": "", "reused": [], "seconds": 0.0, "n_sources": 0,
+              "log": log_path, "job_hash": plan["job_hash"], "engine": engine_name}
     try:
+        log.debug("tile %d: start (job %s, engine %s, force %s, pid %d)", tile_id, plan["job_hash"], engine_name,
+                  force, os.getpid())
+        for path in clean_stale_files(directory):
+            log.info("tile %d: removed %s left by an interrupted run", tile_id, os.path.basename(path))
         redo = force
         for step in STEP_OUTPUTS:
             if not redo and step_is_done(step, plan, tile_id, directory, engine_name):
                 status["reused"].append(step)
+                log.debug("tile %d: %s re-used", tile_id, step)
                 continue
             redo = True   # everything after a re-run step is re-run too
-            log.info("tile %d: %s", tile_id, step)
             run_step(step, plan, tile_id, directory, engine_name)
+        status["n_sources"] = _count_rows(tile_path(directory, tile_id, "lr_fit"))
+        _warn_without_lr(tile_path(directory, tile_id, "lr_fit"), tile_id)
     except JointphotError as exc:
         status.update(ok=False, error=str(exc))
-        log.error("tile %d failed: %s", tile_id, exc)
-    except Exception as exc:  # a bug or an unexpected fault: keep the other tiles going, log the traceback
-        status.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-        log.error("tile %d failed:\n%s", tile_id, traceback.format_exc())
+        log.error("tile %d failed: %s", tile_id, exc, extra=QUIET)
+    except Exception as exc:  # a bug or an unexpected fault: keep the other tiles going
+        status.update(ok=False, error=f"{type(exc).__name__}: {exc} (traceback in {log_path})")
+        log.error("tile %d failed: %s: %s (traceback in %s)", tile_id, type(exc).__name__, exc, log_path, extra=QUIET)
+        log.debug("tile %d: traceback:\n%s", tile_id, traceback.format_exc())
+    except BaseException as exc:   # Interrupted, KeyboardInterrupt: record it, then let it stop the run
+        status.update(ok=False, error=f"{exc or type(exc).__name__}")
+        log.error("tile %d: %s", tile_id, exc or type(exc).__name__, extra=QUIET)
+        raise
     finally:
         status["seconds"] = time.time() - start
+        log.info("tile %d: %s in %.1f s%s", tile_id, "done" if status["ok"] else "FAILED", status["seconds"],
+                 f", {status['n_sources']} sources" if status["ok"] else "")
+        with contextlib.suppress(OSError):
+            write_text_atomic(json.dumps(status, sort_keys=True) + "\n", status_path(directory, tile_id))
+        _current_tile = None
         root.removeHandler(handler)
+        root.setLevel(old_level)
         handler.close()
     return status
 
 
+def _warn_without_lr(path: str, tile_id: int) -> None:
+    """A warning when no source of the tile got an LR flux (all LR pixels unusable or off the image)."""
+    from astropy.io import fits
+    from .conventions import FLAGS
+    try:
+        flags = np.asarray(fits.getdata(path, "LR_FIT")["flags"])
+    except (OSError, KeyError, TypeError):
+        return
+    if flags.size and np.all(flags & FLAGS["LR_OFF_IMAGE"]):
+        log.warning("tile %d: none of its %d sources got an LR flux: its LR pixels are all masked, NaN, with "
+                    "VARIANCE <= 0, or off the LR image (LR fluxes NaN, flag LR_OFF_IMAGE)", tile_id, flags.size)
+
+
+def _count_rows(path: str) -> int:
+    from astropy.io import fits
+    try:
+        return int(fits.getheader(path, "LR_FIT").get("NAXIS2", 0))
+    except (OSError, KeyError):
+        return 0
+
+
+# --------------------------------------------------------------------------- many tiles
+def _worker_init(console_args) -> None:
+    """In each worker: Ctrl-C is the parent's business; die with the parent; console as the parent's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if console_args is not None and _console_args() is None:   # spawned, not forked: set the console up
+        setup_console_logging(*console_args)
+    # the process that started this worker (the run itself, or a fork server that dies with it)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="jointphot-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:   # the parent died (kill -9): do not write on behind its back
+            os._exit(70)
+
+
+def _kill_workers(pool) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.join(5)
+
+
+def _run_pool(plan, tile_ids, engine_name, force, jobs, done) -> List[int]:
+    """Run tiles in a process pool; returns the tiles whose worker died (BrokenProcessPool)."""
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                                                  initargs=(_console_args(),))
+    broken = []
+    try:
+        futures = {pool.submit(run_tile, plan, t, engine_name, force): t for t in tile_ids}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                status = fut.result()
+            except BrokenProcessPool:
+                broken.append(futures[fut])
+                continue
+            done(status)
+    except BaseException:
+        _kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return sorted(broken)
+
+
 def run_tiles(plan, tile_ids: List[int], engine_name: str, jobs: int, force: bool,
               report: Optional[Callable[[Dict, int, int], None]] = None) -> List[Dict]:
-    """Run tiles, `jobs` at a time (processes); `report(status, done, total)` after each tile."""
-    results = []
+    """Run tiles, `jobs` at a time (processes); `report(status, done, total)` after each tile.
+
+    Returns the statuses sorted by tile id.  Interrupts (see :func:`interruptible`) stop the
+    workers and raise :class:`Interrupted`; finished tiles stay on disk for the next run.
+    """
+    results: Dict[int, Dict] = {}
+
+    def done(status):
+        results[status["tile_id"]] = status
+        if report:
+            report(status, len(results), len(tile_ids))
+
     if jobs <= 1 or len(tile_ids) <= 1:
-        for k, t in enumerate(tile_ids):
-            results.append(run_tile(plan, t, engine_name, force))
-            if report:
-                report(results[-1], k + 1, len(tile_ids))
-        return results
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_tile, plan, t, engine_name, force) for t in tile_ids]
-        for k, fut in enumerate(concurrent.futures.as_completed(futures)):
-            results.append(fut.result())
-            if report:
-                report(results[-1], k + 1, len(tile_ids))
-    return sorted(results, key=lambda s: s["tile_id"])
+        for t in tile_ids:
+            done(run_tile(plan, t, engine_name, force))
+    else:
+        broken = _run_pool(plan, tile_ids, engine_name, force, jobs, done)
+        if broken:
+            log.warning("a worker process died; running tiles %s again, one at a time",
+                        ",".join(map(str, broken)))
+        for t in broken:      # each in its own process: a second death fails only this tile
+            if _run_pool(plan, [t], engine_name, force, 1, done):
+                done({"tile_id": t, "ok": False, "error": DIED, "reused": [], "seconds": 0.0, "n_sources": 0,
+                      "log": os.path.join(tile_dir(plan, t), f"t{t:04d}.log")})
+    return [results[t] for t in sorted(results)]
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP raise :class:`Interrupted` in the main thread while active."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    names = ["SIGTERM", "SIGINT", "SIGHUP"]
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in names:
+            if hasattr(signal, name):
+                sig = getattr(signal, name)
+                old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, wait: float = LOCK_WAIT_SECONDS):
+    """Hold <workdir>/.jointphot.lock: one `jointphot run` at a time per work directory."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    fh = open(path, "a+")
+    deadline = time.time() + wait
+    locked = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    fh.seek(0)
+                    other = fh.read().strip() or "?"
+                    raise JointphotError(f"another jointphot run (pid {other}) is working in {workdir!r}: wait for "
+                                         f"it to finish or stop it, then run again") from None
+                time.sleep(0.2)
+            except OSError as exc:   # e.g. no lock support on a network file system
+                log.debug("no lock on %s (%s); carrying on without", path, exc)
+                break
+        if locked:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        yield
+    finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

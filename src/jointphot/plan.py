@@ -15,12 +15,17 @@ import numpy as np
 from . import __version__
 from .astrometry import read_offsets
 from .errors import JointphotError
-from .images import celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, LR_EXTENSIONS, write_text_atomic
+from .images import (celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, read_section, LR_EXTENSIONS,
+                     write_text_atomic)
 from .jobfile import load_job
 from .psf import load_psf
 from .tiling import Tile, make_grid, tile_from_dict
 
 PLAN_FORMAT = 1
+#: Largest tile grid accepted (a typo in cutoutsize_arcsec or a broken pixel scale gives millions).
+MAX_TILES = 100000
+#: Largest plausible pixel scale ["/px] (a CD matrix of zeros is read as 1 deg/px).
+MAX_PIXEL_SCALE_ARCSEC = 60.0
 
 
 def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
@@ -46,13 +51,25 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
                 raise JointphotError(f"lr_large_image_name: {lr_path!r}: {name} is {shp[1]}x{shp[0]} but IMAGE is "
                                      f"{lr_shape[1]}x{lr_shape[0]}")
         lr_wcs = celestial_wcs(lr_hdus["IMAGE"].header, lr_path, "lr_large_image_name")
+        _check_variance(lr_hdus["VARIANCE"], lr_path)
     hr_scale = pixel_scale_arcsec(hr_wcs)
     lr_scale = pixel_scale_arcsec(lr_wcs)
+    for key, path, scale in (("hr_large_image_name", job["hr_large_image_name"], hr_scale),
+                             ("lr_large_image_name", lr_path, lr_scale)):
+        if not (np.isfinite(scale) and 0 < scale <= MAX_PIXEL_SCALE_ARCSEC):
+            raise JointphotError(f"{key}: {path!r}: the WCS gives a pixel scale of {scale:.6g}\"/px, which is not "
+                                 f"plausible: check its CD1_1..CD2_2 (or CDELT) keywords (a CD matrix of zeros is "
+                                 f"read as 1 degree per pixel)")
     _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job)
     offsets = {}
     for band in ("hr", "lr"):
         key = f"{band}_astrometry_correction_name"
         offsets[band] = list(read_offsets(job[key], key)) if job[key] else [0.0, 0.0]
+    n_tiles = int(np.prod([np.ceil(n * hr_scale / size) for n, size in zip(hr_shape[::-1], job["cutoutsize_arcsec"])]))
+    if n_tiles > MAX_TILES:
+        raise JointphotError(f"cutoutsize_arcsec {job['cutoutsize_arcsec']} makes {n_tiles} tiles on the "
+                             f"{hr_shape[1]}x{hr_shape[0]}-pixel HR image ({hr_scale:.4g}\"/px); at most {MAX_TILES} "
+                             f"are allowed: use larger tiles (or check the HR WCS pixel scale)")
     tiles = make_grid(hr_shape, hr_scale, job["cutoutsize_arcsec"], job["cutoutoverlap_arcsec"])
     # load both PSFs once so that a bad PSF fails now, not in every tile
     cx, cy = (hr_shape[1] - 1) / 2.0, (hr_shape[0] - 1) / 2.0
@@ -61,6 +78,7 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
     lx, ly = lr_wcs.all_world2pix([hr_wcs.all_pix2world([[cx, cy]], 0)[0]], 0)[0]
     load_psf(job["lr_image_psf"], job["lr_psf_type"], lr_scale, position=(lx + 1, ly + 1),
              psfex_mag=job["psfex_mag"], what="lr")
+    _check_workdir(job["workdir"])
     tile_dicts = []
     for t in tiles:
         d = {"tile_id": t.tile_id, "ix": t.ix, "iy": t.iy, "core": t.core, "padded": t.padded}
@@ -82,6 +100,41 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
         "grid": {"nx": max(t.ix for t in tiles) + 1, "ny": max(t.iy for t in tiles) + 1},
         "tiles": tile_dicts,
     }
+
+
+def _check_variance(hdu, path):
+    """The VARIANCE plane must hold positive values (a variance, not a weight of 0 / sigma of -1 etc.).
+
+    Pixels with variance <= 0 or NaN are legal (they get zero weight), but a plane without any
+    positive value would leave every source without an LR flux: that is a wrong input.
+    Up to 64 evenly spaced rows are read; the whole plane only when they have no positive value.
+    """
+    ny = int(hdu.header["NAXIS2"])
+    nx = int(hdu.header["NAXIS1"])
+    for y in np.unique(np.linspace(0, ny - 1, min(ny, 64)).astype(int)):
+        row = read_section(hdu, int(y), int(y) + 1, 0, nx, np.float64, path, "lr_large_image_name")
+        if np.any(np.isfinite(row) & (row > 0)):
+            return
+    data = read_section(hdu, 0, ny, 0, nx, np.float64, path, "lr_large_image_name")
+    if not np.any(np.isfinite(data) & (data > 0)):
+        raise JointphotError(f"lr_large_image_name: {path!r}: the VARIANCE extension has no positive finite value "
+                             f"(pixels with variance <= 0 or NaN get zero weight, so no source could get an LR flux); "
+                             f"it must hold the variance of each pixel in counts^2")
+
+
+def _check_workdir(workdir: str) -> None:
+    """The work directory must exist and be writable, or be creatable (nothing is created here)."""
+    path = os.path.abspath(workdir)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise JointphotError(f"workdir: cannot create {workdir!r}: {probe!r} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise JointphotError(f"workdir: cannot write in {probe!r} (permissions): choose another workdir")
 
 
 def _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job):
@@ -126,7 +179,14 @@ def load(path: str) -> Dict[str, Any]:
         raise JointphotError(f"job file {path!r} does not exist") from None
     except json.JSONDecodeError as exc:
         raise JointphotError(f"job file {path!r} is not valid JSON: {exc}") from None
-    if isinstance(raw, dict) and raw.get("jointphot_plan") == PLAN_FORMAT:
+    except UnicodeDecodeError:
+        raise JointphotError(f"job file {path!r} is not a text (JSON) file") from None
+    except OSError as exc:
+        raise JointphotError(f"job file {path!r} cannot be read: {exc.strerror}") from None
+    if isinstance(raw, dict) and "jointphot_plan" in raw:
+        if raw.get("jointphot_plan") != PLAN_FORMAT:
+            raise JointphotError(f"plan file {path!r} has format {raw.get('jointphot_plan')!r}, this jointphot "
+                                 f"reads format {PLAN_FORMAT}: re-run `jointphot plan` on the job file")
         return raw
     return make_plan(load_job(path), path)
 

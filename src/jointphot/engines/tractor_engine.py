@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, SERSIC_N_RANGE, PSF, Engine,
-                                    FluxFit, GroupFit, Source)
+                                    FluxFit, GroupFit, Source, to_standard)
 from jointphot.errors import JointphotError
 
 #: The Tractor release jointphot is tested against.
@@ -242,6 +242,21 @@ def esoft_to_shape(logre: float, ee1: float, ee2: float) -> Tuple[float, float, 
     return math.exp(logre), ab, phi
 
 
+def _standard_jacobian(p: Sequence[float]) -> np.ndarray:
+    """d(ln re, e1, e2) / d(logre, ee1, ee2): EllipseESoft to base.STANDARD_PARAMS, central differences."""
+    def standard(q):
+        re, ab, phi = esoft_to_shape(*q)
+        return np.array(to_standard(Source("exp", 0.0, 0.0, 1.0, re, ab, phi))[3:6])
+
+    J = np.zeros((3, 3))
+    for j in range(3):
+        lo, hi = list(p), list(p)
+        lo[j] -= 1e-6
+        hi[j] += 1e-6
+        J[:, j] = (standard(hi) - standard(lo)) / 2e-6
+    return J
+
+
 def _shape_jacobian(p: Sequence[float]) -> np.ndarray:
     """d(re, ab, phi) / d(logre, ee1, ee2) by central differences (phi wrapped)."""
     J = np.zeros((3, 3))
@@ -368,8 +383,9 @@ class TractorEngine(Engine):
         n = (src.sersicindex.getValue() if isinstance(src, T.SersicGalaxy)
              else FIXED_SERSIC_N["dev"] if isinstance(src, T.DevGalaxy) else FIXED_SERSIC_N["exp"])
         psf_r = max(psf.image.shape) / 2.0 if psf.image is not None else 10.0
-        if self.profiles == "exact":   # the native engine's stamp (models.PSFRenderer.stamp_half_size)
-            half = min(max((4.0 + 4.0 * n) * re, 3.0 * (psf.image.shape[0] // 2) / 2 + 4, 8), 400)
+        if self.profiles == "exact":   # the native engine's stamp
+            from jointphot import models
+            half = models.PSFRenderer(psf).stamp_half_size(Source("sersic", 0.0, 0.0, 1.0, re, 1.0, 0.0, n))
         else:
             half = patch_nre(n) * re + psf_r + 1
         src.halfsize = int(min(max(shape) + 1, math.ceil(half)))
@@ -420,6 +436,7 @@ class TractorEngine(Engine):
         out_sources: List[Source] = []
         errors: List[Dict[str, float]] = []
         at_bound: List[bool] = []
+        covariances: List[np.ndarray] = []
         k = 0
         for src, kind in zip(srcs, kinds):
             npar = src.numberOfParams()
@@ -427,6 +444,10 @@ class TractorEngine(Engine):
             k += npar
             c = cov[sl, sl]
             err = {"x": c[0, 0], "y": c[1, 1], "flux": c[2, 2]}
+            to_std = np.eye(npar)              # Tractor parameters -> base.STANDARD_PARAMS
+            if kind != "point":
+                to_std[3:6, 3:6] = _standard_jacobian(src.shape.getAllParams())
+            covariances.append(to_std @ c @ to_std.T)
             ns = self._to_source(src, kind)
             bound = False
             if kind != "point":
@@ -445,7 +466,7 @@ class TractorEngine(Engine):
             out_sources.append(ns)
             at_bound.append(bool(bound))
         return GroupFit(sources=out_sources, errors=errors, n_iter=n_iter, converged=converged,
-                        chi2=chi2, ndof=int(good.sum()) - nfree, at_bound=at_bound)
+                        chi2=chi2, ndof=int(good.sum()) - nfree, at_bound=at_bound, covariances=covariances)
 
     def _derivative_matrix(self, tr, shape):
         """Sparse (npix, nparam) matrix of the Tractor's model derivatives (CSC), and names.

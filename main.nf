@@ -1,0 +1,137 @@
+#!/usr/bin/env nextflow
+/*
+ * jointphot: joint prior-based photometry of a high-resolution (HST-like) and a low-resolution
+ * (HSC-like) image, tile by tile.
+ *
+ *   plan (one task) -> cutout -> detect -> fit HR -> fit LR (one task per tile per step) -> merge -> qa (one task each)
+ *
+ * Every task runs one `jointphot <subcommand>` (see docs/design.md). Parameters are the keys of the
+ * original tool's job file plus a few pipeline options; nextflow_schema.json documents and
+ * validates them (`nextflow run main.nf --help`).
+ */
+nextflow.enable.dsl = 2
+
+include { PLAN   } from './modules/local/plan'
+include { CUTOUT } from './modules/local/cutout'
+include { DETECT } from './modules/local/detect'
+include { FIT_HR } from './modules/local/fit_hr'
+include { FIT_LR } from './modules/local/fit_lr'
+include { MERGE  } from './modules/local/merge'
+include { QA     } from './modules/local/qa'
+
+// ---------------------------------------------------------------- help, version, validation
+// (all before any task starts: a wrong parameter stops the run here, with a message naming it)
+
+def schema = Jointphot.loadSchema(file("${projectDir}/nextflow_schema.json"))
+
+if (params.help || params.help_all) {
+    log.info Jointphot.help(schema, "nextflow run main.nf -params-file job.json --outdir results [-profile standard|test|docker|podman|shifter|slurm|nersc|debug]", params.help_all as boolean)
+    exit 0
+}
+if (params.version) {
+    log.info "jointphot pipeline ${workflow.manifest.version} (Nextflow ${nextflow.version})"
+    exit 0
+}
+
+// a relative path of a job key: looked up in the launch dir, then next to the -params-file (as `jointphot` does)
+def jobBase = Jointphot.jobBaseDirs(workflow.commandLine, workflow.launchDir, System.getenv())
+def checked = Jointphot.validate(params, schema, jobBase)
+if (params.validate_params && checked.errors) {
+    error("Invalid parameters (${checked.errors.size()}):\n  * " + checked.errors.join('\n  * ') +
+          "\nSee `nextflow run main.nf --help` for the parameters, or `--validate_params false` to skip these checks.")
+}
+def P = checked.params
+
+// ---------------------------------------------------------------- the job
+
+def job = Jointphot.job(P, schema, jobBase)
+def inputFiles = Jointphot.inputFiles(job, schema)
+
+// ---------------------------------------------------------------- workflow
+
+workflow JOINTPHOT {
+    take:
+    job_json        // value: the job keys as one line of JSON
+    inputs          // value: list of the job's input files and directories
+
+    main:
+    ch_versions = Channel.empty()
+
+    PLAN(job_json, inputs)
+    ch_plan = PLAN.out.plan                         // a value channel (all PLAN inputs are values): every task gets plan.json
+    ch_versions = ch_versions.mix(PLAN.out.versions)
+
+    // fan out: one item per selected tile id, read from plan.json
+    ch_tile_ids = PLAN.out.plan.flatMap { plan ->
+        try {
+            def ids = Jointphot.selectTiles(plan, P.tiles)
+            Jointphot.plannedTiles.addAll(ids)
+            log.info "jointphot: ${ids.size()} tile(s) to run: ${ids.join(', ')}"
+            return ids
+        } catch (IllegalArgumentException e) {
+            error(e.message)
+        }
+    }
+
+    CUTOUT(ch_tile_ids, ch_plan, inputs)
+    DETECT(CUTOUT.out.tile, ch_plan, inputs)
+
+    // a tile's files accumulate from step to step (join drops the tiles that failed)
+    ch_fit_hr_in = CUTOUT.out.tile.join(DETECT.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    def failTiles = Jointphot.parseTiles(P.fail_tiles) ?: []       // testing only
+    FIT_HR(ch_fit_hr_in.map { id, files -> [id, files, failTiles.contains(id as int)] }, ch_plan, inputs)
+
+    ch_fit_lr_in = ch_fit_hr_in.join(FIT_HR.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    FIT_LR(ch_fit_lr_in, ch_plan, inputs)
+
+    ch_versions = ch_versions.mix(CUTOUT.out.versions, DETECT.out.versions, FIT_HR.out.versions, FIT_LR.out.versions)
+
+    // merge waits for all tiles; the tiles that did not get through are passed as --missing-tiles
+    ch_merge = ch_tile_ids.toList().map { [planned: it] }
+        .combine(FIT_LR.out.tile.toList().map { [done: it] })
+        .filter { planned, done -> done.done }      // nothing to merge when every tile failed
+        .multiMap { planned, done ->
+            def doneIds = done.done.collect { it[0] as int }
+            Jointphot.mergedTiles.addAll(doneIds)
+            lr_fits: done.done.sort { it[0] as int }.collect { it[1] }.flatten().findAll { it.name.endsWith('_lr_fit.fits') }
+            missing: (planned.planned.collect { it as int } - doneIds).sort().join(',')
+        }
+    MERGE(ch_merge.lr_fits, ch_plan, ch_merge.missing, inputs)
+    ch_versions = ch_versions.mix(MERGE.out.versions)
+
+    // QA pictures from the finished tiles and the merged catalogue
+    if (params.qa) {
+        ch_qa_files = ch_fit_lr_in.join(FIT_LR.out.tile).map { id, a, b -> [a, b].flatten() }.collect()
+        QA(ch_qa_files, MERGE.out.catalog, ch_plan, inputs)
+        ch_versions = ch_versions.mix(QA.out.versions)
+    }
+
+    // one software_versions.yml for the run
+    ch_versions.collect().map { files ->
+        Jointphot.mergeVersions(files, [Nextflow: nextflow.version.toString(), 'jointphot-pipeline': workflow.manifest.version])
+    }.collectFile(name: 'software_versions.yml', storeDir: "${P.outdir}/pipeline_info")
+
+    emit:
+    catalog = MERGE.out.catalog
+}
+
+workflow {
+    if (P.tile_id != null)
+        log.info "jointphot: the job key tile_id=${P.tile_id} is ignored; the pipeline runs --tiles ${P.tiles} (use --tiles ${P.tile_id} for that tile only)"
+    log.info "jointphot: results in ${file(P.outdir)}"
+
+    JOINTPHOT(Channel.value(groovy.json.JsonOutput.toJson(job)), Channel.value(inputFiles))
+}
+
+// at the end: the list of failed tiles and why (the run exits non-zero through workflow.failOnIgnore)
+workflow.onComplete {
+    def report = Jointphot.failureReport(Jointphot.mergedTiles.size() > 0)
+    def info = file("${P.outdir}/pipeline_info")
+    info.mkdirs()
+    info.resolve('failed_tiles.tsv').text = Jointphot.failureTsv()
+    if (report) {
+        log.error report.trim()
+    } else if (workflow.success) {
+        log.info "jointphot: all ${Jointphot.plannedTiles.size()} tile(s) done; catalogue: ${file(P.outdir)}/catalog.fits"
+    }
+}

@@ -1,0 +1,39 @@
+// Plan: write the job file from the pipeline parameters and resolve it into plan.json
+// (the resolved job with absolute paths + the tile grid). One task per run.
+process PLAN {
+    tag "${params.out_prefix ?: 'jointphot'}"
+    label 'process_single'
+
+    input:
+    val job_json                                    // the job keys as JSON (one line)
+    path inputs, stageAs: 'inputs/in*/*'            // the job's input files: staged so that container engines mount them
+
+    output:
+    path 'plan.json'   , emit: plan
+    path 'job.json'    , emit: job
+    path 'versions.yml', emit: versions
+
+    script:
+    def quoted = job_json.replace("'", "'\\''")
+    """
+    printf '%s\\n' '${quoted}' > job.json
+    jointphot plan job.json -o plan.json
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        jointphot: \$(jointphot --version 2>&1 | sed 's/^.*version //')
+    END_VERSIONS
+    python3 -c 'import platform, numpy, scipy, astropy
+    for k, v in (("python", platform.python_version()), ("numpy", numpy.__version__), ("scipy", scipy.__version__), ("astropy", astropy.__version__)): print("    %s: %s" % (k, v))' >> versions.yml || true
+    """
+
+    stub:
+    def quoted = job_json.replace("'", "'\\''")
+    def n = (params.stub_tiles ?: 4) as int
+    def tiles = (0..<n).collect { "{\"tile_id\": ${it}}" }.join(', ')
+    """
+    printf '%s\\n' '${quoted}' > job.json
+    printf '{"job": %s, "tiles": [%s]}\\n' "\$(cat job.json)" '${tiles}' > plan.json
+    printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
+    """
+}
