@@ -151,16 +151,24 @@ def write_fits_atomic(hdul: fits.HDUList, path: str) -> None:
     Reproducible: CHECKSUM/DATASUM cards carry no time stamp, so the same content gives the
     same bytes.  A reader never sees a half-written file; a failure leaves no temporary file.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".fits", dir=directory)
-    os.close(fd)
-    try:
+    def write(tmp):
         with warnings.catch_warnings():   # long column descriptions are cut in TTYPEn comments; the README has them
             warnings.filterwarnings("ignore", message="Card is too long", category=fits.verify.VerifyWarning)
             for hdu in hdul:
                 hdu.add_checksum(when=CHECKSUM_COMMENT)
             hdul.writeto(tmp, overwrite=True, checksum=False)
+
+    _write_atomic(path, write, ".fits")
+
+
+def _write_atomic(path: str, write, suffix: str = "") -> None:
+    """Call write(temporary path) in the target's directory, then give it umask permissions and rename it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -185,18 +193,11 @@ def _umask() -> int:
 
 def write_text_atomic(text: str, path: str) -> None:
     """Write a text file via a temporary file and rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
+    def write(tmp):
+        with open(tmp, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    _write_atomic(path, write)
 
 
 def read_tile_file(path: str, what: str) -> fits.HDUList:

@@ -71,11 +71,11 @@ CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_typ
 IGNORED = ("show_plots", "output_logfile_name", "mainpath", "userinputdir", "run_on_mock")
 
 
-def load_job(path: str) -> Dict[str, Any]:
-    """Read, validate and resolve a job file; returns the job dict with absolute paths."""
+def read_json(path: str):
+    """The JSON content of a job (or plan) file; one clear error for every way reading it can fail."""
     try:
         with open(path) as fh:
-            raw = json.load(fh)
+            return json.load(fh)
     except FileNotFoundError:
         raise JointphotError(f"job file {path!r} does not exist") from None
     except json.JSONDecodeError as exc:
@@ -84,6 +84,11 @@ def load_job(path: str) -> Dict[str, Any]:
         raise JointphotError(f"job file {path!r} is not a text (JSON) file") from None
     except OSError as exc:
         raise JointphotError(f"job file {path!r} cannot be read: {exc.strerror}") from None
+
+
+def load_job(path: str) -> Dict[str, Any]:
+    """Read, validate and resolve a job file; returns the job dict with absolute paths."""
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise JointphotError(f"job file {path!r} must hold a JSON object of keys")
     return validate_job(raw, os.path.dirname(os.path.abspath(path)), source=path)

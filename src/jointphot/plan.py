@@ -17,7 +17,7 @@ from .astrometry import read_offsets
 from .errors import JointphotError
 from .images import (celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, read_section, LR_EXTENSIONS,
                      write_text_atomic)
-from .jobfile import load_job
+from .jobfile import load_job, read_json
 from .psf import load_psf
 from .tiling import Tile, make_grid, tile_from_dict
 
@@ -172,17 +172,7 @@ def write_plan(plan: Dict[str, Any], path: str) -> None:
 
 def load(path: str) -> Dict[str, Any]:
     """A plan from a plan file, or made on the fly from a job file."""
-    try:
-        with open(path) as fh:
-            raw = json.load(fh)
-    except FileNotFoundError:
-        raise JointphotError(f"job file {path!r} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise JointphotError(f"job file {path!r} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise JointphotError(f"job file {path!r} is not a text (JSON) file") from None
-    except OSError as exc:
-        raise JointphotError(f"job file {path!r} cannot be read: {exc.strerror}") from None
+    raw = read_json(path)
     if isinstance(raw, dict) and "jointphot_plan" in raw:
         if raw.get("jointphot_plan") != PLAN_FORMAT:
             raise JointphotError(f"plan file {path!r} has format {raw.get('jointphot_plan')!r}, this jointphot "
