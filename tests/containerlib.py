@@ -94,7 +94,8 @@ def get_nextflow():
     except (OSError, subprocess.TimeoutExpired) as exc:
         unavailable(f"scripts/get-nextflow did not run: {exc}")
     if out.returncode != 0 or not out.stdout.strip():
-        unavailable("no Nextflow launcher (scripts/get-nextflow failed):\n" + out.stderr[-2000:])
+        unavailable("no Nextflow launcher (scripts/get-nextflow failed: needs Java 17 and Maven with access "
+                    f"to Maven Central, or nextflow on PATH):\n{out.stderr[-2000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 

@@ -61,6 +61,18 @@ def jp(*args, cwd, env=None):
                           env=env)
 
 
+def four_tile_field(tmp_path_factory, name):
+    """A private copy of the small field, cut into 2 x 2 tiles of 10.5" (native engine)."""
+    src = small_field(tmp_path_factory)
+    d = tmp_path_factory.mktemp(name)
+    for entry in os.listdir(src):
+        if os.path.isfile(os.path.join(src, entry)):
+            shutil.copy(os.path.join(src, entry), d / entry)
+    edit_job(str(d), cutoutsize_arcsec=[10.5, 10.5], cutoutoverlap_arcsec=[3, 3], tile_id=None, engine="native",
+             sexinputdir=None)
+    return d
+
+
 def edit_job(d, **changes):
     path = os.path.join(d, "job.json")
     job = json.load(open(path))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from test_bad_input import edit_job, files_under, small_field
+from test_bad_input import files_under, four_tile_field
 
 RUN = ["run", "job.json", "--tiles", "all", "-j", "2", "--no-qa"]
 
@@ -36,13 +36,7 @@ def start(*args, cwd):
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
     """The small field with 10.5" tiles (2 x 2), native engine; and the bytes of an uninterrupted run's catalogue."""
-    src = small_field(tmp_path_factory)
-    d = tmp_path_factory.mktemp("four_tiles")
-    for name in os.listdir(src):
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), d / name)
-    edit_job(str(d), cutoutsize_arcsec=[10.5, 10.5], cutoutoverlap_arcsec=[3, 3], tile_id=None, engine="native",
-             sexinputdir=None)
+    d = four_tile_field(tmp_path_factory, "four_tiles")
     proc = jp(*RUN, cwd=str(d))
     assert proc.returncode == 0, proc.stderr
     assert "4/4 tiles done" in proc.stdout

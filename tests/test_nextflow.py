@@ -25,31 +25,18 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-import truthcheck   # tests/ is on sys.path (conftest.py)
+import containerlib  # tests/ is on sys.path (conftest.py)
+import truthcheck
 
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TEST_DATA = REPO / "test-data" / "generated"
+TEST_DATA = containerlib.TEST_DATA
 N_TEST_TILES = 4            # 60" field, 30" tiles
 BROKEN_TILE = 1
 
 
-def _unavailable(reason):
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def nextflow():
-    try:
-        out = subprocess.run([str(REPO / "scripts" / "get-nextflow")], capture_output=True, text=True, timeout=1200)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _unavailable(f"scripts/get-nextflow did not run: {exc}")
-    if out.returncode != 0 or not out.stdout.strip():
-        _unavailable("no Nextflow launcher (scripts/get-nextflow failed: needs Java 17 and Maven with access "
-                     f"to Maven Central, or nextflow on PATH):\n{out.stderr[-2000:]}")
-    return out.stdout.strip().splitlines()[-1]
+    return containerlib.get_nextflow()
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from test_bad_input import edit_job, small_field
+from test_bad_input import edit_job, four_tile_field
 
 
 def jp(*args, cwd):
@@ -19,13 +18,7 @@ def jp(*args, cwd):
 
 @pytest.fixture(scope="module")
 def field(tmp_path_factory):
-    src = small_field(tmp_path_factory)
-    d = tmp_path_factory.mktemp("progress")
-    for name in os.listdir(src):
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), d / name)
-    edit_job(str(d), cutoutsize_arcsec=[10.5, 10.5], cutoutoverlap_arcsec=[3, 3], tile_id=None, engine="native",
-             sexinputdir=None)
+    d = four_tile_field(tmp_path_factory, "progress")
     return str(d)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from jointphot import qa
-from test_bad_input import edit_job, small_field
+from test_bad_input import four_tile_field
 
 pytest.importorskip("matplotlib")
 
@@ -95,13 +94,7 @@ def test_catalogue_summary_numbers():
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
     """The small field in 4 tiles of which 0, 1, 2 are run (with the QA pictures); tile 3 is not."""
-    src = small_field(tmp_path_factory)
-    d = tmp_path_factory.mktemp("qa_run")
-    for name in os.listdir(src):
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), d / name)
-    edit_job(str(d), cutoutsize_arcsec=[10.5, 10.5], cutoutoverlap_arcsec=[3, 3], tile_id=None, engine="native",
-             sexinputdir=None)
+    d = four_tile_field(tmp_path_factory, "qa_run")
     proc = jp("run", "job.json", "--tiles", "0,1,2", "-j", "2", cwd=str(d))
     assert proc.returncode == 0, proc.stderr
     return str(d), proc
