@@ -338,3 +338,16 @@ def test_real_psfex_run_reproduces_true_psf(tmp_path):
 def test_gaussian_epsf_size():
     img = gaussian_epsf(0.3)
     assert img.shape == (5, 5) and img.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fwhm", [2.2, 3.6, 6.0])
+def test_fwhm_of_an_image_psf_is_its_half_maximum_width(fwhm):
+    """PSF.fwhm_pix of a Moffat (beta 3) ePSF is its FWHM, broadened by the pixel (8 % at
+    2.2 px, 3 % at 3.6 px); a second-moment width would say 1.6x the FWHM."""
+    from jointphot.engines.base import PSF
+    img = moffat_epsf((49, 49), 24, 24, fwhm)
+    measured = PSF(image=img / img.sum(), kind="fits").fwhm_pix
+    assert fwhm < measured < 1.1 * fwhm, measured
+    # and a Gaussian ePSF of sigma s: 2.3548 sqrt(s^2 + 1/12) (the pixel adds 1/12 px^2)
+    s = fwhm / FWHM_PER_SIGMA
+    assert PSF(image=gaussian_epsf(s), kind="fits").fwhm_pix == pytest.approx(FWHM_PER_SIGMA * math.sqrt(s * s + 1 / 12), rel=0.01)

@@ -96,14 +96,19 @@ class PSF:
 
     @property
     def fwhm_pix(self) -> float:
-        """FWHM in pixels (from sigma for Gaussians, from the second moment otherwise)."""
+        """FWHM [px]: 2.3548 sigma for Gaussians; otherwise the diameter of the circle whose
+        area is that of the image above half its peak, on an 8x cubic-spline upsampling.
+        (A second-moment width would be ~60 % too large for a Moffat beta = 3 seeing PSF.)"""
         if self.sigma_pix is not None:
             return 2.3548 * self.sigma_pix
+        from scipy import ndimage
+        up = 8                      # samples per pixel side, each standing for 1/up^2 px^2
         ny, nx = self.image.shape
-        yy, xx = np.mgrid[:ny, :nx]
-        img = np.clip(self.image, 0, None)
-        r2 = ((xx - nx // 2) ** 2 + (yy - ny // 2) ** 2) * img
-        return 2.3548 * np.sqrt(r2.sum() / img.sum() / 2.0)
+        yy, xx = np.meshgrid(np.arange(ny * up), np.arange(nx * up), indexing="ij")
+        fine = ndimage.map_coordinates(np.asarray(self.image, dtype=float),
+                                       [(yy + 0.5) / up - 0.5, (xx + 0.5) / up - 0.5], order=3, mode="nearest")
+        area = np.count_nonzero(fine >= 0.5 * fine.max()) / up ** 2
+        return 2.0 * float(np.sqrt(area / np.pi))
 
 
 @dataclasses.dataclass
