@@ -72,6 +72,16 @@ def sersic_mixture(n: float) -> np.ndarray:
     return (1 - frac) * _mixture_at_node(lo) + frac * _mixture_at_node(lo + 1)
 
 
+def sersic_mixture_slope(n: float) -> np.ndarray:
+    """d(sersic_mixture)/dn: the slope of the linear interpolation (the cell above n, or
+    below at the upper end of SERSIC_N_RANGE)."""
+    n = float(np.clip(n, *SERSIC_N_RANGE))
+    lo = int(np.floor(n / N_GRID_STEP + 1e-9))
+    if lo + 1 > SERSIC_N_RANGE[1] / N_GRID_STEP + 1e-9:
+        lo -= 1
+    return (_mixture_at_node(lo + 1) - _mixture_at_node(lo)) / N_GRID_STEP
+
+
 def shape_matrix(re: float, ab: float, phi_deg: float) -> np.ndarray:
     """A = R(phi) diag(re, re*ab): maps the unit-re circular profile to the pixel frame."""
     c, s = np.cos(np.radians(phi_deg)), np.sin(np.radians(phi_deg))
@@ -92,6 +102,26 @@ def shape_from_matrix(a: np.ndarray):
 _MIN_AMP = 1e-7
 
 
+def shape_covariance_derivatives(src: Source) -> np.ndarray:
+    """d(A A^T)/d(ln re, e1, e2) (3, 2, 2) of a galaxy, for base.STANDARD_PARAMS.
+
+    With e = |(e1, e2)| = (1 - ab) / (1 + ab):
+    A A^T = re^2 [(1 + e^2) / (1 + e)^2 I + 2 / (1 + e)^2 [[e1, e2], [e2, -e1]]].
+    """
+    e = (1.0 - src.ab) / (1.0 + src.ab)
+    e1, e2 = e * np.cos(np.radians(2 * src.phi)), e * np.sin(np.radians(2 * src.phi))
+    re2 = src.re ** 2
+    alpha, beta = (1 + e * e) / (1 + e) ** 2, 2.0 / (1 + e) ** 2
+    d_alpha, d_beta = 2 * (e - 1) / (1 + e) ** 3, -4.0 / (1 + e) ** 3
+    eye = np.eye(2)
+    emat = np.array([[e1, e2], [e2, -e1]])
+    c = re2 * (alpha * eye + beta * emat)
+    u1, u2 = (e1 / e, e2 / e) if e > 0 else (0.0, 0.0)
+    d_e1 = re2 * ((d_alpha * eye + d_beta * emat) * u1 + beta * np.array([[1.0, 0.0], [0.0, -1.0]]))
+    d_e2 = re2 * ((d_alpha * eye + d_beta * emat) * u2 + beta * np.array([[0.0, 1.0], [1.0, 0.0]]))
+    return np.array([2.0 * c, d_e1, d_e2])
+
+
 def source_index(src: Source) -> float:
     """Sersic index of a galaxy source (fixed for exp/dev), clipped to SERSIC_N_RANGE."""
     fixed = FIXED_SERSIC_N.get(src.kind)
@@ -99,16 +129,17 @@ def source_index(src: Source) -> float:
 
 
 def source_components(src: Source):
-    """Unit-flux mixture of a source: (amplitudes (K,), variances s_k^2 (K,), shape A A^T (2,2)).
+    """Unit-flux mixture of a source: (amplitudes (K,), variances s_k^2 (K,), shape A A^T (2,2),
+    indices (K,) of the components into MOG_SIGMAS).
 
     Component k has covariance s_k^2 * A A^T pixels^2; a point source is one zero-width component.
     """
     if src.kind == "point":
-        return np.ones(1), np.zeros(1), np.zeros((2, 2))
+        return np.ones(1), np.zeros(1), np.zeros((2, 2)), np.zeros(1, int)
     amps = sersic_mixture(source_index(src))
-    keep = amps > _MIN_AMP
+    keep = np.flatnonzero(amps > _MIN_AMP)
     a = shape_matrix(src.re, src.ab, src.phi)
-    return amps[keep], MOG_SIGMAS[keep] ** 2, a @ a.T
+    return amps[keep], MOG_SIGMAS[keep] ** 2, a @ a.T, keep
 
 
 class PSFRenderer:
@@ -163,49 +194,85 @@ class PSFRenderer:
         """Unit-flux image of `src` on a (2*half+1)^2 stamp centred on pixel round(x), round(y).
 
         Returns (stamp, x0, y0) with x0, y0 the pixel coordinates of the stamp's first pixel;
-        with_gradient=True returns (stamp, d stamp/dx, d stamp/dy, x0, y0) (per pixel of shift).
+        with_gradient=True returns (stamp, grads, x0, y0), grads = the analytic derivatives
+        d stamp / d p for the source's base.STANDARD_PARAMS except flux (x, y [px];
+        galaxies: ln re, e1, e2; Sersic: n).
         """
         ix, iy = int(np.floor(src.x + 0.5)), int(np.floor(src.y + 0.5))
         dx, dy = src.x - ix, src.y - iy
-        amps, s2, cshape = source_components(src)
+        amps, s2, cshape, comps = source_components(src)
+        galaxy = src.kind != "point"
+        sersic = src.kind == "sersic"
+        # derivatives of the shape matrix C = A A^T and of the amplitudes (shape params only)
+        d_c = shape_covariance_derivatives(src) if (with_gradient and galaxy) else np.zeros((0, 2, 2))
+        d_amps = sersic_mixture_slope(source_index(src))[comps] if (with_gradient and sersic) else None
         size = 2 * half + 1
         narrow = np.sqrt(s2 * max(cshape[0, 0], cshape[1, 1])) <= half / 4.0
         stamp = np.zeros((size, size))
-        grad_x = np.zeros((size, size)) if with_gradient else None
-        grad_y = np.zeros((size, size)) if with_gradient else None
+        grads = [np.zeros((size, size)) for _ in range(2 + len(d_c) + sersic)] if with_gradient else []
         if narrow.any():
             nfft = _fast_size(size + self.psf_half + 2)
             kx, ky, kx2, ky2, kxy = _freq_grids(nfft)
-            # FT of a normalised Gaussian of covariance C: exp(-2 pi^2 k^T C k)
-            quad = (-2 * np.pi ** 2 * cshape[0, 0]) * kx2 + (-4 * np.pi ** 2 * cshape[0, 1]) * kxy \
-                + (-2 * np.pi ** 2 * cshape[1, 1]) * ky2
+
+            def quadratic(c):
+                """-2 pi^2 k^T c k on the frequency grid."""
+                return (-2 * np.pi ** 2 * c[0, 0]) * kx2 + (-4 * np.pi ** 2 * c[0, 1]) * kxy \
+                    + (-2 * np.pi ** 2 * c[1, 1]) * ky2
+
+            # FT of a normalised Gaussian of covariance s^2 C: exp(s^2 quad), quad = -2 pi^2 k^T C k
             count = int(narrow.sum())
-            ft = 1.0 if src.kind == "point" else _mixture_ft(source_index(src), count, quad)
+            if galaxy:
+                tables = _mixture_tables(source_index(src), count)
+                t = np.sqrt(-quadratic(cshape))
+                ft = np.interp(t, _T_GRID, tables[0])
+            else:
+                ft = 1.0
             # the shift to the stamp centre is separable: a row phase times a column phase
-            phase_x = np.exp(-2j * np.pi * kx * (half + dx))
-            phase_y = np.exp(-2j * np.pi * ky * (half + dy))
-            full = (ft * self._psf_dft(nfft)) * phase_x * phase_y
-            stamp += np.fft.irfft2(full, s=(nfft, nfft))[:size, :size]
+            phase = (self._psf_dft(nfft) * np.exp(-2j * np.pi * kx * (half + dx))
+                     * np.exp(-2j * np.pi * ky * (half + dy)))
+            full = ft * phase
+
+            def inverse(spectrum):
+                return np.fft.irfft2(spectrum, s=(nfft, nfft))[:size, :size]
+
+            stamp += inverse(full)
             if with_gradient:
-                grad_x += np.fft.irfft2(full * (-2j * np.pi * kx), s=(nfft, nfft))[:size, :size]
-                grad_y += np.fft.irfft2(full * (-2j * np.pi * ky), s=(nfft, nfft))[:size, :size]
+                grads[0] += inverse(full * (-2j * np.pi * kx))
+                grads[1] += inverse(full * (-2j * np.pi * ky))
+                if galaxy:
+                    # d ft = sum_k a_k (-s_k^2) exp(-s_k^2 t^2) d(t^2), t^2 = 2 pi^2 k^T C k
+                    slope = np.interp(t, _T_GRID, tables[1])
+                    for j, dc in enumerate(d_c):
+                        grads[2 + j] += inverse(slope * -quadratic(dc) * phase)
+                if sersic:
+                    grads[-1] += inverse(np.interp(t, _T_GRID, tables[2]) * phase)
         if (~narrow).any():
             yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
             xx = xx - dx
             yy = yy - dy
+            wide = ~narrow
             # all wide components at once: covariances s_k^2 C + P, inverted in closed form
-            cov = s2[~narrow, None, None] * cshape + self.psf_cov
+            cov = s2[wide, None, None] * cshape + self.psf_cov
             det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
             i00, i01, i11 = (cov[:, 1, 1] / det)[:, None, None], (-cov[:, 0, 1] / det)[:, None, None], \
                 (cov[:, 0, 0] / det)[:, None, None]
-            g = np.exp(-0.5 * (i00 * xx ** 2 + 2 * i01 * xx * yy + i11 * yy ** 2)) \
-                * (amps[~narrow] / (2 * np.pi * np.sqrt(det)))[:, None, None]
+            unit = np.exp(-0.5 * (i00 * xx ** 2 + 2 * i01 * xx * yy + i11 * yy ** 2)) \
+                / (2 * np.pi * np.sqrt(det))[:, None, None]
+            g = unit * amps[wide][:, None, None]
             stamp += g.sum(axis=0)
             if with_gradient:
-                grad_x += (g * (i00 * xx + i01 * yy)).sum(axis=0)
-                grad_y += (g * (i01 * xx + i11 * yy)).sum(axis=0)
+                wx, wy = i00 * xx + i01 * yy, i01 * xx + i11 * yy       # Sigma^-1 (x - mu)
+                grads[0] += (g * wx).sum(axis=0)
+                grads[1] += (g * wy).sum(axis=0)
+                # d N / d Sigma : dSigma = N/2 (w^T dSigma w - tr(Sigma^-1 dSigma)), dSigma = s^2 dC
+                for j, dc in enumerate(d_c):
+                    quad_w = dc[0, 0] * wx ** 2 + 2 * dc[0, 1] * wx * wy + dc[1, 1] * wy ** 2
+                    trace = i00 * dc[0, 0] + 2 * i01 * dc[0, 1] + i11 * dc[1, 1]
+                    grads[2 + j] += (g * (0.5 * s2[wide][:, None, None]) * (quad_w - trace)).sum(axis=0)
+                if sersic:
+                    grads[-1] += (unit * d_amps[wide][:, None, None]).sum(axis=0)
         if with_gradient:
-            return stamp, grad_x, grad_y, ix - half, iy - half
+            return stamp, grads, ix - half, iy - half
         return stamp, ix - half, iy - half
 
 
@@ -217,25 +284,30 @@ def _freq_grids(nfft: int):
     return kx, ky, np.broadcast_to(kx ** 2, (nfft, kx.size)).copy(), np.broadcast_to(ky ** 2, (nfft, kx.size)).copy(), kx * ky
 
 
-#: The mixture's Fourier transform is tabulated at t = 0 and on this log grid of t (see _mixture_table).
+#: The mixture's Fourier transform is tabulated at t = 0 and on this log grid of t (see _mixture_tables).
 _T_GRID = np.concatenate([[0.0], np.logspace(-3, 4, 1401)])
 
 
-@functools.lru_cache(maxsize=256)
-def _mixture_table(n: float, count: int) -> np.ndarray:
-    """f(t) = sum_k a_k exp(-s_k^2 t^2) on _T_GRID, for the `count` narrowest kept components at index n.
+@functools.lru_cache(maxsize=1)
+def _component_fts() -> np.ndarray:
+    """exp(-s_k^2 t^2) for every component width s_k (MOG_SIGMAS) on _T_GRID: (len(_T_GRID), K)."""
+    return np.exp(-np.outer(_T_GRID ** 2, MOG_SIGMAS ** 2))
 
-    With quad = -t^2 the FT of a unit-flux source is f(sqrt(-quad)): it depends on the shape
-    only through quad, so one table per n serves every radius, axis ratio and angle.
+
+@functools.lru_cache(maxsize=256)
+def _mixture_tables(n: float, count: int):
+    """On _T_GRID, for the `count` narrowest kept components at index n (amplitudes a_k):
+    f(t) = sum_k a_k exp(-s_k^2 t^2), f'(t) / 2t = -sum_k a_k s_k^2 exp(-s_k^2 t^2), and
+    df/dn = sum_k (da_k/dn) exp(-s_k^2 t^2).
+
+    The FT of a unit-flux source of shape C is f(t) with t^2 = 2 pi^2 k^T C k: it depends on
+    the shape only through t, so one table per n serves every radius, axis ratio and angle.
     """
     amps = sersic_mixture(n)
     keep = np.flatnonzero(amps > _MIN_AMP)[:count]
-    return np.exp(-np.outer(_T_GRID ** 2, MOG_SIGMAS[keep] ** 2)) @ amps[keep]
-
-
-def _mixture_ft(n: float, count: int, quad: np.ndarray) -> np.ndarray:
-    """sum_k a_k exp(s_k^2 quad) on the grid `quad` (<= 0), by interpolation in _mixture_table."""
-    return np.interp(np.sqrt(-quad), _T_GRID, _mixture_table(n, count))
+    e = _component_fts()[:, keep]
+    a = amps[keep]
+    return e @ a, -(e @ (a * MOG_SIGMAS[keep] ** 2)), e @ sersic_mixture_slope(n)[keep]
 
 
 def add_stamp(image: np.ndarray, stamp: np.ndarray, x0: int, y0: int, scale: float = 1.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ FIXED_SERSIC_N = {"exp": 1.0, "dev": 4.0, "sersic": None}
 SERSIC_N_RANGE = (0.5, 6.0)
 #: Smallest and largest axis ratio b/a.
 AB_RANGE = (0.05, 1.0)
+#: A source needs at least this fraction of its unit-flux model on pixels with invvar > 0 to
+#: get a flux in solve_fluxes (the model's far wings, or FFT round-off at ~1e-17, are no data).
+MIN_MODEL_ON_DATA = 1e-6
 
 
 @dataclasses.dataclass
@@ -94,7 +98,7 @@ class PSF:
     kind: str = "fits"
     sigma_pix: Optional[float] = None
 
-    @property
+    @functools.cached_property
     def fwhm_pix(self) -> float:
         """FWHM [px]: 2.3548 sigma for Gaussians; otherwise the diameter of the circle whose
         area is that of the image above half its peak, on an 8x cubic-spline upsampling.

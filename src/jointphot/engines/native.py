@@ -4,30 +4,20 @@ Free parameters per source (pixel frame; the order of base.STANDARD_PARAMS):
   point:  x, y, flux
   exp/dev: x, y, flux, ln re, e1, e2        with e = (1 - ab) / (1 + ab), (e1, e2) = e (cos 2phi, sin 2phi)
   sersic: ... and n
-Fluxes and positions have analytic derivatives; shape parameters use forward differences.
+All derivatives are analytic (models.PSFRenderer.render_unit).
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .. import __version__
 from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
-from .base import AB_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
+from .base import AB_RANGE, MIN_MODEL_ON_DATA, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
 
 RE_RANGE = (0.2, 300.0)                                    # pixels
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
-_FD_STEP = {"lnre": 1e-4, "e1": 1e-4, "e2": 1e-4, "n": 1e-3}
-
-
-def _param_names(src: Source) -> List[str]:
-    names = ["x", "y", "flux"]
-    if src.kind != "point":
-        names += ["lnre", "e1", "e2"]
-    if src.kind == "sersic":
-        names.append("n")
-    return names
 
 
 def _clip(template: Source, start: Source, v: np.ndarray, pos_bound: float):
@@ -90,7 +80,7 @@ class NativeEngine(Engine):
                     st, x0, y0 = renderer.render_unit(src, half)
                     add_stamp(model, st, x0, y0, src.flux)
                     continue
-                st, gx, gy, x0, y0 = renderer.render_unit(src, half, with_gradient=True)
+                st, grads, x0, y0 = renderer.render_unit(src, half, with_gradient=True)
                 add_stamp(model, st, x0, y0, src.flux)
                 sl_img, sl_st = overlap_slices(image.shape, st.shape, x0, y0)
                 if sl_img is None:
@@ -98,13 +88,7 @@ class NativeEngine(Engine):
                 rows = good_index[sl_img]
                 use = rows >= 0
                 rows = rows[use]
-                derivs = [src.flux * gx, src.flux * gy, st]
-                for j, name in enumerate(_param_names(src)[3:], start=3):
-                    step = _FD_STEP[name]
-                    vp = v.copy()
-                    vp[j] += step
-                    stp, _, _ = renderer.render_unit(from_standard(src0, vp), half)
-                    derivs.append(src.flux * (stp - st) / step)
+                derivs = [src.flux * grads[0], src.flux * grads[1], st] + [src.flux * g for g in grads[2:]]
                 for j, d in enumerate(derivs):
                     jac[rows, offsets[i] + j] = d[sl_st][use] * weight[rows]
             resid = (data - model[good]) * weight
@@ -193,7 +177,7 @@ class NativeEngine(Engine):
                     continue
                 a = _sub(p_i, sl_i, inter) * invvar[inter]
                 ata[i, j] = ata[j, i] = (a * _sub(stamps[j][1], stamps[j][0], inter)).sum()
-        valid = np.diag(ata) > 0
+        valid = (np.diag(ata) > 0) & (1.0 - masked_frac > MIN_MODEL_ON_DATA)
         flux = np.full(n, np.nan)
         cov = np.full((n, n), np.nan)
         idx = np.flatnonzero(valid)

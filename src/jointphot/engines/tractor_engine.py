@@ -50,8 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, SERSIC_N_RANGE, PSF, Engine,
-                                    FluxFit, GroupFit, Source, to_standard)
+from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, MIN_MODEL_ON_DATA, SERSIC_N_RANGE, PSF,
+                                    Engine, FluxFit, GroupFit, Source, to_standard)
 from jointphot.errors import JointphotError
 
 #: The Tractor release jointphot is tested against.
@@ -68,11 +68,6 @@ except Exception:  # pragma: no cover - the native engine always imports
 #: needs 20 steps to go from the start value n = 2 to n = 4, so a quarter of Sersic fits hit
 #: the 15-step limit unconverged (and biased); the line search keeps larger steps safe.
 SERSIC_N_MAXSTEP = 1.0
-
-
-#: A source needs at least this fraction of its unit-flux model on pixels with invvar > 0 to
-#: get an LR flux (FFT round-off leaves ~1e-17 where the model is really zero).
-MIN_MODEL_ON_DATA = 1e-6
 
 
 def patch_nre(n: float) -> float:
