@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import nnls
 from scipy.special import gamma, gammaincinv
 
-from .engines.base import PSF, SERSIC_N_RANGE, Source, FIXED_SERSIC_N
+from .engines.base import PSF, SERSIC_N_RANGE, Source, FIXED_SERSIC_N, to_standard
 
 #: Widths (standard deviations, units of re) of the mixture components.
 MOG_SIGMAS = np.logspace(np.log10(0.001), np.log10(50.0), 48)
@@ -61,12 +61,16 @@ def _mixture_at_node(node: int) -> np.ndarray:
     return amps / amps.sum()
 
 
+def _grid_cell(n: float):
+    """(lo, frac): n (clipped to SERSIC_N_RANGE) = (lo + frac) * N_GRID_STEP, 0 <= frac < 1."""
+    t = float(np.clip(n, *SERSIC_N_RANGE)) / N_GRID_STEP
+    lo = int(np.floor(t + 1e-9))
+    return lo, max(t - lo, 0.0)
+
+
 def sersic_mixture(n: float) -> np.ndarray:
     """Mixture amplitudes (summing to 1) of a Sersic profile, for widths MOG_SIGMAS * re."""
-    n = float(np.clip(n, *SERSIC_N_RANGE))
-    t = n / N_GRID_STEP
-    lo = int(np.floor(t))
-    frac = t - lo
+    lo, frac = _grid_cell(n)
     if frac < 1e-9:
         return _mixture_at_node(lo)
     return (1 - frac) * _mixture_at_node(lo) + frac * _mixture_at_node(lo + 1)
@@ -75,8 +79,7 @@ def sersic_mixture(n: float) -> np.ndarray:
 def sersic_mixture_slope(n: float) -> np.ndarray:
     """d(sersic_mixture)/dn: the slope of the linear interpolation (the cell above n, or
     below at the upper end of SERSIC_N_RANGE)."""
-    n = float(np.clip(n, *SERSIC_N_RANGE))
-    lo = int(np.floor(n / N_GRID_STEP + 1e-9))
+    lo, _ = _grid_cell(n)
     if lo + 1 > SERSIC_N_RANGE[1] / N_GRID_STEP + 1e-9:
         lo -= 1
     return (_mixture_at_node(lo + 1) - _mixture_at_node(lo)) / N_GRID_STEP
@@ -108,8 +111,8 @@ def shape_covariance_derivatives(src: Source) -> np.ndarray:
     With e = |(e1, e2)| = (1 - ab) / (1 + ab):
     A A^T = re^2 [(1 + e^2) / (1 + e)^2 I + 2 / (1 + e)^2 [[e1, e2], [e2, -e1]]].
     """
-    e = (1.0 - src.ab) / (1.0 + src.ab)
-    e1, e2 = e * np.cos(np.radians(2 * src.phi)), e * np.sin(np.radians(2 * src.phi))
+    _, _, _, _, e1, e2 = to_standard(src)[:6]
+    e = float(np.hypot(e1, e2))
     re2 = src.re ** 2
     alpha, beta = (1 + e * e) / (1 + e) ** 2, 2.0 / (1 + e) ** 2
     d_alpha, d_beta = 2 * (e - 1) / (1 + e) ** 3, -4.0 / (1 + e) ** 3

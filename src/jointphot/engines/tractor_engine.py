@@ -195,10 +195,7 @@ def _fourier_shift_psf_class(PixelizedPSF):
             dx, dy = float(px) - ix, float(py) - iy
             big = np.zeros((H + 2 * pad, W + 2 * pad))
             big[pad:pad + H, pad:pad + W] = img
-            ky = np.fft.fftfreq(big.shape[0])[:, None]
-            kx = np.fft.rfftfreq(big.shape[1])[None, :]
-            ft = np.fft.rfft2(big) * np.exp(-2j * np.pi * (kx * dx + ky * dy))
-            shifted = np.fft.irfft2(ft, s=big.shape).astype(np.float32)
+            shifted = fourier_shift_image(big, dx, dy)
             x0, y0 = ix - W // 2 - pad, iy - H // 2 - pad
             if modelMask is None:
                 return Patch(x0, y0, shifted)
