@@ -2,7 +2,7 @@
 PYTHON ?= python3
 JOBS ?= 2
 
-.PHONY: setup example test data benchmark
+.PHONY: setup example test data benchmark hff
 
 setup:
 	scripts/setup
@@ -19,3 +19,13 @@ test: data
 
 benchmark: data
 	$(PYTHON) scripts/benchmark
+
+# Real data (issue 12): the HFF test set, both tilings run, the report of each (a few minutes per run).
+hff: setup
+	@test -f test-data/generated/hff/lr.fits || $(PYTHON) scripts/hff-data test-data/generated/hff
+	for tiling in whole 2x2; do \
+	    (cd test-data/generated/hff && $(PYTHON) -m jointphot.cli run job_$$tiling.json --tiles all \
+	        --jobs $(JOBS) -o cat_$$tiling.fits) && \
+	    $(PYTHON) scripts/real-data-report test-data/generated/hff/job_$$tiling.json \
+	        test-data/generated/hff/cat_$$tiling.fits || exit 1; \
+	done

@@ -20,6 +20,19 @@ def ensure_field() -> str:
     return GENERATED
 
 
+@pytest.fixture(scope="module", params=["native", "tractor"])
+def engine(request):
+    """Each fitting engine; the Tractor's tests are skipped with the reason where it does not import."""
+    if request.param == "tractor":
+        from jointphot.engines.tractor_engine import TractorEngine, tractor_available
+        ok, reason = tractor_available()
+        if not ok:
+            pytest.skip(f"the Tractor is not importable here: {reason}")
+        return TractorEngine()
+    from jointphot.engines.native import NativeEngine
+    return NativeEngine()
+
+
 @pytest.fixture(scope="session")
 def field() -> str:
     return ensure_field()

@@ -6,20 +6,35 @@ import numpy as np
 import pytest
 from scipy import integrate
 
+galsim = pytest.importorskip("galsim")
+
 from jointphot import models
 from jointphot.engines.base import PSF, Source, from_standard, to_standard
 from jointphot.psf import gaussian_epsf
 
 
-@pytest.mark.parametrize("n", [0.7, 1.0, 2.5, 4.0])
+@pytest.mark.parametrize("n", [0.7, 1.0, 2.5, 4.0, 6.0])
 def test_mixture_encloses_the_sersic_light(n):
-    """Light inside r of the mixture (sum a_k (1 - exp(-r^2 / 2 s_k^2))) against the exact
-    Sersic profile, at 0.1, 1 and 5 r_e: < 1e-4."""
+    """Light inside r of the mixture (sum a_k (1 - exp(-r^2 / 2 s_k^2))) against the truncated
+    Sersic profile: < 2e-4 at 0.1 and 1 r_e, < 2e-3 at 5 r_e, < 1.2 % spilled beyond 8 r_e."""
     amps = models.sersic_mixture(n)
-    for r in (0.1, 1.0, 5.0):
+    for r, tol in ((0.1, 2e-4), (1.0, 2e-4), (5.0, 2e-3), (models.TRUNCATION_RADIUS, 1.2e-2)):
         mix = float(np.sum(amps * (1 - np.exp(-r * r / (2 * models.MOG_SIGMAS ** 2)))))
-        exact = integrate.quad(lambda x: 2 * np.pi * x * models.sersic_profile(x, n), 0, r, limit=200)[0]
-        assert mix == pytest.approx(exact, abs=1e-4), (n, r)
+        exact = integrate.quad(lambda x: 2 * np.pi * x * models.sersic_profile(x, n), 0, r,
+                               points=[0.01, 0.1, 1.0], limit=400)[0]
+        assert mix == pytest.approx(exact, abs=tol), (n, r)
+
+
+@pytest.mark.parametrize("n", [1.0, 4.0])
+def test_profiles_are_cut_at_8_re_like_galsim_trunc(n):
+    """The profile integrates to 1 and is zero beyond 8 r_e; its flux fraction of the
+    untruncated profile is GalSim's for Sersic(n, trunc=8 re) (0.943 at n = 4)."""
+    total = integrate.quad(lambda x: 2 * np.pi * x * models.sersic_profile(x, n), 0, models.TRUNCATION_RADIUS,
+                           points=[0.01, 0.1, 1.0], limit=400)[0]
+    assert total == pytest.approx(1.0, abs=1e-6)
+    assert models.sersic_profile(np.array([8.0, 9.0, 50.0]), n).max() == 0.0
+    trunc = galsim.Sersic(n, half_light_radius=1.0, trunc=models.TRUNCATION_RADIUS, flux_untruncated=True)
+    assert models.truncated_flux_fraction(n) == pytest.approx(trunc.flux, abs=1e-5)
 
 
 def test_shape_covariance_derivatives_match_the_shape_matrix():

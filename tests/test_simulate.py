@@ -1,4 +1,5 @@
-"""The GalSim test field: determinism, file layout, truth vs pixels, astrometry files, field statistics."""
+"""The GalSim test field: determinism, file layout, truth vs pixels, astrometry files, field statistics;
+the simulate options that break the fitter's assumptions (truth fluxes, noise correlations, PSF files)."""
 import json
 import math
 import os
@@ -15,7 +16,8 @@ from jointphot.astrometry import read_offsets
 from jointphot.psf import load_psf
 
 galsim = pytest.importorskip("galsim")
-from jointphot.simulate import HR_ZP, LR_ZP, simulate_field  # noqa: E402  (needs galsim)
+from jointphot.simulate import (ELECTRONS_PER_COUNT, HR_ZP, LR_MASK_PLANES, LR_ZP, TRUNCATION,  # noqa: E402
+                                galaxy_profiles, simulate_field)  # (needs galsim)
 
 ORIGINAL_KEYS = ["workdir", "sexinputdir", "out_prefix", "cutoutsize_arcsec", "cutoutoverlap_arcsec",
                  "cutout_output_dir", "hr_compl_niter", "lr_compl_niter", "hr_zp", "lr_zp", "sex_command",
@@ -276,3 +278,195 @@ def test_field_statistics(field):
     # the LR S/N of a typical source is below its HR S/N
     assert np.median(t["lr_snr"] / t["hr_snr"]) < 0.7
     assert np.mean(t["lr_snr"] < t["hr_snr"]) > 0.8
+
+
+# --- options that break the fitter's assumptions (issues 12, 13); small fields, each a few seconds ---------------
+
+NOISELESS = {"hr_depth_mag": 45.0, "lr_depth_mag": 45.0}   # pixel noise ~1e-7 of the faintest source
+
+
+def read_lr(path):
+    """IMAGE, VARIANCE (float) and valid (not on an ignored mask plane) of an LR file."""
+    with fits.open(path) as hdul:
+        image, var = hdul["IMAGE"].data.astype(float), hdul["VARIANCE"].data.astype(float)
+        valid = (hdul["MASK"].data & conventions.mask_value(conventions.DEFAULT_LR_IGNORED_PLANES, LR_MASK_PLANES)) == 0
+    return image, var, valid
+
+
+def lr_valid_sum_vs_truth(paths, truth):
+    """(sum of the LR image over valid pixels, sum of truth lr_flux x (1 - lr_masked_frac))."""
+    image, _, valid = read_lr(paths["lr"])
+    return image[valid].sum(), np.sum(truth["lr_flux"] * (1.0 - truth["lr_masked_frac"]))
+
+
+def row_dict(truth, i):
+    return {name: truth[name][i] for name in truth.names}
+
+
+def test_truncated_galaxies_hold_their_truth_flux(tmp_path):
+    paths = simulate_field(str(tmp_path), seed=7, size_arcsec=20.0, galaxies="truncated", **NOISELESS)
+    t = fits.getdata(paths["truth"], "TRUTH")
+    assert fits.getheader(paths["truth"], "TRUTH")["GALAXIES"] == "truncated"
+    gal = t["kind"] == "sersic"
+    cut = gal & (t["sersic_n"] > 1.5)
+    np.testing.assert_allclose(t["trunc_arcsec"][cut], TRUNCATION * t["re_arcsec"][cut])
+    assert (t["trunc_arcsec"][~cut] == 0).all() and cut.sum() >= 10
+    # one isolated source, no noise: the drawn (PSF-convolved, pixelised) stamp sums to the truth flux,
+    # where the untruncated profile of the same n and half-light radius loses > 1 % beyond 8 r_e
+    psf = galsim.Gaussian(fwhm=0.1)
+    i = np.flatnonzero(cut)[np.argmax(t["sersic_n"][cut])]
+    profile, _, radius = galaxy_profiles(galsim, row_dict(t, i))
+    half = int(math.ceil((radius + 0.6) / 0.03))
+
+    def drawn(p):
+        return galsim.Convolve(p.withFlux(t["hr_flux"][i]), psf).drawImage(
+            nx=2 * half + 1, ny=2 * half + 1, scale=0.03, method="auto").array.sum()
+
+    assert radius == t["trunc_arcsec"][i]
+    assert drawn(profile) / t["hr_flux"][i] == pytest.approx(1.0, abs=1e-3)
+    untruncated = galsim.Sersic(n=t["sersic_n"][i], half_light_radius=t["re_arcsec"][i] * math.sqrt(t["ab"][i])).shear(
+        q=t["ab"][i], beta=(90 + t["pa_deg"][i]) * galsim.degrees)
+    assert t["sersic_n"][i] > 3 and drawn(untruncated) / t["hr_flux"][i] < 0.99
+    # the whole noiseless LR image holds the truth fluxes (the LR image covers the HR field + 3.5")
+    image_sum, truth_sum = lr_valid_sum_vs_truth(paths, t)
+    assert image_sum / truth_sum == pytest.approx(1.0, abs=1e-3)
+
+
+def test_composite_truth_lr_flux_is_the_drawn_lr_flux(tmp_path):
+    paths = simulate_field(str(tmp_path), seed=8, size_arcsec=20.0, galaxies="composite", star_fraction=0.0,
+                           **NOISELESS)
+    t = fits.getdata(paths["truth"], "TRUTH")
+    assert set(t["kind"]) == {"composite"} and np.isnan(t["sersic_n"]).all()
+    knotty = t["n_knots"] > 0
+    assert 0.25 < knotty.mean() < 0.75
+    assert (t["knot_frac_hr"][~knotty] == 0).all() and (t["knot_frac_hr"][knotty] > 0).all()
+    # a colour gradient: bulge redder, knots bluer (LR/HR) than the disc
+    assert (t["bulge_lr_hr"] < t["disc_lr_hr"]).all() and (t["knot_lr_hr"][knotty] > t["disc_lr_hr"][knotty]).all()
+    np.testing.assert_allclose(t["trunc_arcsec"], TRUNCATION * t["bulge_re_arcsec"])
+    disc = 1.0 - t["bulge_frac_hr"] - t["knot_frac_hr"]
+    components = t["bulge_frac_hr"] * t["bulge_lr_hr"] + disc * t["disc_lr_hr"] + t["knot_frac_hr"] * t["knot_lr_hr"]
+    np.testing.assert_allclose(t["lr_flux"], t["hr_flux"] * components, rtol=1e-12)
+    np.testing.assert_allclose(conventions.counts_to_mag(t["lr_flux"], LR_ZP), t["lr_mag"])
+    # the noiseless LR image: galaxies only, so its flux is the composites' LR truth
+    image_sum, truth_sum = lr_valid_sum_vs_truth(paths, t)
+    assert image_sum / truth_sum == pytest.approx(1.0, abs=1e-3)
+    # and a single-colour LR truth (lr_flux = disc colour x hr_flux) would be off by > 1 %
+    assert abs(np.sum(t["disc_lr_hr"] * t["hr_flux"] * (1 - t["lr_masked_frac"])) / image_sum - 1) > 0.01
+    # the profiles are rebuilt from the truth row alone: unit flux in HR and in LR, different shapes
+    i = np.flatnonzero(knotty)[0]
+    hr, lr, _ = galaxy_profiles(galsim, row_dict(t, i))
+    assert hr.flux == pytest.approx(1.0) and lr.flux == pytest.approx(1.0)
+    a, b = (galsim.Convolve(p, galsim.Gaussian(fwhm=0.1)).drawImage(nx=64, ny=64, scale=0.03).array for p in (hr, lr))
+    assert np.abs(a - b).sum() > 0.02
+
+
+def test_cosmos_hr_noise_is_correlated_with_the_weight_maps_variance(tmp_path):
+    paths = simulate_field(str(tmp_path), seed=9, size_arcsec=15.0, hr_noise="cosmos", hr_depth_mag=15.0)
+    chi = fits.getdata(paths["hr"]).astype(float) * np.sqrt(fits.getdata(paths["hr_wht"]).astype(float))
+    assert chi.var() == pytest.approx(1.0, rel=0.05)
+    for corr in (np.mean(chi[:, 1:] * chi[:, :-1]), np.mean(chi[1:] * chi[:-1])):
+        assert 0.4 < corr < 0.55
+    h = fits.getheader(paths["truth"], "TRUTH")
+    assert h["HR_NOISE"] == "cosmos" and h["HR_NCORR"] == pytest.approx(0.48, abs=0.01) and h["HR_NVF"] > 3
+    assert h["LR_NOISE"] == "white" and h["LR_NVF"] == 1.0
+
+
+def test_warped_lr_noise_keeps_the_variance_plane(tmp_path):
+    paths = simulate_field(str(tmp_path), seed=10, size_arcsec=15.0, lr_noise="warped", lr_depth_mag=13.0)
+    image, var, valid = read_lr(paths["lr"])
+    h = fits.getheader(paths["truth"], "TRUTH")
+    assert valid.sum() > 10000
+    np.testing.assert_allclose(var[valid], np.float32(h["LR_SIG"] ** 2))
+    chi = np.where(valid, image / np.sqrt(np.where(valid, var, 1.0)), np.nan)
+    assert np.nanvar(chi) == pytest.approx(1.0, rel=0.05)
+    corr = np.nanmean(chi[:, 1:] * chi[:, :-1])
+    assert h["LR_NCORR"] > 0.15 and corr == pytest.approx(h["LR_NCORR"], abs=0.03)
+    assert 0.3 <= h["LR_WARPX"] <= 0.7 and h["LR_NVF"] > 1.2
+
+
+def test_poisson_noise_is_in_variance_not_in_the_weight_map(tmp_path):
+    kw = dict(seed=12, size_arcsec=30.0, star_fraction=0.8, star_mags=(17.0, 20.0))
+    plain = simulate_field(str(tmp_path / "plain"), **kw)
+    shot = simulate_field(str(tmp_path / "shot"), poisson=True, **kw)
+    h = fits.getheader(shot["truth"], "TRUTH")
+    assert (h["POISSON"], h["HR_GAIN"], h["LR_GAIN"]) == (True, ELECTRONS_PER_COUNT["hr"], ELECTRONS_PER_COUNT["lr"])
+    with open(plain["hr_wht"], "rb") as a, open(shot["hr_wht"], "rb") as b:
+        assert a.read() == b.read()
+    # HR: same sky noise draws, so the difference is the shot noise alone (model ~ plain image where bright)
+    hr_plain = fits.getdata(plain["hr"]).astype(float)
+    diff = fits.getdata(shot["hr"]).astype(float) - hr_plain
+    bright = hr_plain > 100 * h["HR_SIG"]
+    assert bright.sum() > 500
+    assert np.std(diff[bright] / np.sqrt(hr_plain[bright] / h["HR_GAIN"])) == pytest.approx(1.0, abs=0.07)
+    # LR: VARIANCE = sky + model / gain, and it is the per-pixel variance where the shot noise dominates
+    image, var, valid = read_lr(shot["lr"])
+    sky = h["LR_SIG"] ** 2
+    model = (var - sky) * h["LR_GAIN"]
+    shot_dominated = valid & (var > 2 * sky)
+    assert shot_dominated.sum() > 300
+    chi = (image - model) / np.sqrt(var)
+    assert np.std(chi[shot_dominated]) == pytest.approx(1.0, abs=0.07)
+
+
+def test_psf_files_hold_the_stated_light_fraction(tmp_path):
+    whole = simulate_field(str(tmp_path / "whole"), seed=13, size_arcsec=10.0)
+    cut = simulate_field(str(tmp_path / "cut"), seed=13, size_arcsec=10.0, psf_light_fraction=(0.9, 0.95))
+    h = fits.getheader(cut["truth"], "TRUTH")
+    assert h["HR_PSFLF"] == pytest.approx(0.9, abs=0.03) and h["LR_PSFLF"] == pytest.approx(0.95, abs=0.01)
+    for key in ("hr", "lr", "hr_wht"):     # the images are drawn with the whole PSF
+        with open(whole[key], "rb") as a, open(cut[key], "rb") as b:
+            assert a.read() == b.read(), key
+    # hr_psf.fits (the job's HR PSF): the whole ePSF inside a radius, renormalised; HR_PSFLF of its light
+    full = fits.getdata(whole["hr_psf"]).astype(float)
+    kept = fits.getdata(cut["hr_psf"]).astype(float)
+    inside = kept > 0
+    assert kept.sum() == pytest.approx(1.0, abs=1e-5) and (~inside).sum() > inside.sum()
+    assert full[inside].sum() == pytest.approx(h["HR_PSFLF"], abs=1e-3)
+    np.testing.assert_allclose(kept[inside], full[inside] / full[inside].sum(), rtol=1e-5)
+    # lr_psf.psf (the job's LR PSF): likewise on the PSFEx grid
+    full = fits.getdata(whole["lr_psfex"], 1)["PSF_MASK"][0][0].astype(float)
+    kept = fits.getdata(cut["lr_psfex"], 1)["PSF_MASK"][0][0].astype(float)
+    inside = kept > 0
+    assert full[inside].sum() / full.sum() == pytest.approx(h["LR_PSFLF"], abs=1e-3)
+    np.testing.assert_allclose(kept[inside] / kept.sum(), full[inside] / full[inside].sum(), rtol=1e-5)
+
+
+def test_source_counts_options(tmp_path):
+    paths = simulate_field(str(tmp_path), seed=14, size_arcsec=30.0, star_fraction=0.5, star_mags=(22.0, 26.0),
+                           galaxy_mags=(21.0, 25.5))
+    t = fits.getdata(paths["truth"], "TRUTH")
+    star = t["kind"] == "point"
+    assert 0.4 < star.mean() < 0.6
+    assert 22.0 <= t["hr_mag"][star].min() and t["hr_mag"][star].max() <= 26.0
+    assert 21.0 <= t["hr_mag"][~star].min() and t["hr_mag"][~star].max() <= 25.5
+    h = fits.getheader(paths["truth"], "TRUTH")
+    assert (h["STARFRAC"], h["STARMAG1"], h["GALMAG2"], h["GALAXIES"]) == (0.5, 22.0, 25.5, "truncated")
+
+
+def test_bad_options_are_one_clear_error(tmp_path):
+    from jointphot.errors import JointphotError
+    for kw, word in ((dict(galaxies="bulgy"), "galaxies"), (dict(hr_noise="pink"), "hr_noise"),
+                     (dict(lr_noise="pink"), "lr_noise"), (dict(psf_light_fraction=(1.2, 1.0)), "psf_light_fraction"),
+                     (dict(star_fraction=-0.1), "star_fraction")):
+        with pytest.raises(JointphotError, match=word):
+            simulate_field(str(tmp_path), **kw)
+
+
+def test_cli_options(tmp_path):
+    from click.testing import CliRunner
+
+    from jointphot.cli import main
+    out = str(tmp_path / "f")
+    result = CliRunner().invoke(main, ["simulate", out, "--seed", "3", "--size-arcsec", "10", "--galaxies", "composite",
+                                       "--lr-noise", "warped", "--psf-light-fraction", "0.9,0.95", "--star-mags",
+                                       "22,26"])
+    assert result.exit_code == 0, result.output
+    h = fits.getheader(os.path.join(out, "truth.fits"), "TRUTH")
+    assert (h["GALAXIES"], h["HR_NOISE"], h["LR_NOISE"], h["POISSON"], h["STARMAG1"]) == (
+        "composite", "white", "warped", False, 22.0)
+    assert h["LR_PSFLF"] == pytest.approx(0.95, abs=0.01)
+    for args, status, word in ((["--psf-light-fraction", "1.5"], 1, "psf_light_fraction"),
+                               (["--psf-light-fraction", "a,b"], 2, "F_HR,F_LR"),
+                               (["--star-mags", "26,22"], 2, "brighter")):
+        result = CliRunner().invoke(main, ["simulate", out, "--size-arcsec", "10", *args])
+        assert result.exit_code == status and word in result.output, result.output

@@ -88,8 +88,10 @@ def test_offset_galaxy_converges_to_its_position(engine):
 
 
 def test_stock_tractor_profiles_are_truncated(engine):
-    """profiles='tractor' keeps the Tractor's own mixtures: fitted to GalSim's exact Sersic
-    profiles they give fluxes 1-6 % low for n = 1-4 (why 'exact' is the default)."""
+    """profiles='tractor' keeps the Tractor's own mixtures: against GalSim Sersic profiles cut
+    at 8 r_e (jointphot's convention, to 1e-3 with profiles='exact'), the Tractor's exponential
+    (cut at 3-4 r_e) gives fluxes > 1 % low, its de Vaucouleurs (softened from 7 to 8 r_e) 0-1 %
+    low (why 'exact' is the default)."""
     stock = te.TractorEngine(profiles="tractor", check_derivatives=False)
     sigma = 1.4
     psf = PSF(image=gaussian_epsf(sigma), kind="fwhm", sigma_pix=sigma)
@@ -102,6 +104,6 @@ def test_stock_tractor_profiles_are_truncated(engine):
             ratios[name, n] = eng.solve_fluxes(image, np.ones(shape), psf, [truth]).flux[0] / truth.flux
     print("flux / truth with the shape frozen at the truth:", {k: round(v, 4) for k, v in ratios.items()})
     assert abs(ratios["exact", 1.0] - 1) < 1e-3 and abs(ratios["exact", 4.0] - 1) < 1e-3
-    assert ratios["tractor", 1.0] < 0.995 and ratios["tractor", 4.0] < 0.97
+    assert ratios["tractor", 1.0] < 0.99 and 0.99 < ratios["tractor", 4.0] < 1.0
 
 

@@ -4,6 +4,9 @@ Thresholds (issue 2): for isolated sources with HR S/N > 20, the median of
 (measured - true) / error within +-0.15 and the robust sigma (1.4826 MAD) within
 0.8-1.25, for HR and LR fluxes; completeness > 95 % at HR S/N > 10; median astrometric
 offset < 5 mas; no duplicates.
+
+Per type and HR S/N bin (issues 12, 13; scripts/validate): flux_rows -> binned_flux_figures, and
+the detection figures spurious_per_arcmin2 and detections_per_tile.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 MATCH_RADIUS_ARCSEC = 0.1
+SNR_BINS = ((20.0, 50.0), (50.0, 200.0), (200.0, math.inf))   # true HR matched-filter S/N
+SPURIOUS_RADIUS_ARCSEC = 0.3   # a detection with no truth source this close is spurious
+DETECTION_SNR = 5.0            # detection figures count catalogue and truth sources above this HR S/N
+LR_MASKED_MAX = 0.2            # LR figures leave out sources with more LR model on ignored pixels
 
 
 def load(path, ext=1):
@@ -22,16 +29,17 @@ def load(path, ext=1):
         return Table(hdul[ext].data), hdul[ext].header
 
 
+def _xy_arcsec(table, dec0):
+    """Tangent-plane (x, y) in arcsec of a table's ra, dec (deg) near declination dec0 (rad)."""
+    return np.column_stack([np.asarray(table["ra"]) * np.cos(dec0), np.asarray(table["dec"])]) * 3600.0
+
+
 def match(cat, truth, radius_arcsec=MATCH_RADIUS_ARCSEC):
     """Index into `cat` of each truth row's nearest match within the radius, -1 if none; and distances (mas)."""
     dec0 = np.radians(np.mean(truth["dec"]))
-
-    def xy(t):
-        return np.column_stack([np.asarray(t["ra"]) * np.cos(dec0), np.asarray(t["dec"])]) * 3600.0
-
     if len(cat) == 0:
         return np.full(len(truth), -1), np.full(len(truth), np.inf)
-    dist, idx = cKDTree(xy(cat)).query(xy(truth), distance_upper_bound=radius_arcsec)
+    dist, idx = cKDTree(_xy_arcsec(cat, dec0)).query(_xy_arcsec(truth, dec0), distance_upper_bound=radius_arcsec)
     idx = np.where(np.isfinite(dist), idx, -1)
     return idx, dist * 1000.0
 
@@ -55,7 +63,7 @@ def catalog_figures(catalog_path, truth_path, band="lr"):
     chi_hr = (np.asarray(cat["hr_flux"])[m] - np.asarray(t["hr_flux"])) / np.asarray(cat["hr_flux_err"])[m]
     chi_lr = (np.asarray(cat[f"{band}_flux"])[m] - np.asarray(t["lr_flux"])) / np.asarray(cat[f"{band}_flux_err"])[m]
     # the LR test excludes sources whose LR model is partly on masked pixels (they are flagged)
-    lr_ok = np.asarray(cat[f"{band}_masked_frac"])[m] < 0.2
+    lr_ok = np.asarray(cat[f"{band}_masked_frac"])[m] < LR_MASKED_MAX
     snr10 = np.asarray(truth["hr_snr"]) > 10
     ids = np.asarray(cat["id"])
     pair_d = cKDTree(np.column_stack([cat["x_large"], cat["y_large"]])).query_pairs(0.1 / 0.03) if len(cat) else set()
@@ -87,9 +95,104 @@ def check_catalog_against_truth(catalog_path, truth_path, band="lr"):
     return f
 
 
+def flux_rows(cat, truth, band="lr"):
+    """One row per isolated truth source matched within MATCH_RADIUS_ARCSEC: type ('star' for kind point,
+    else 'galaxy'), true HR S/N, true and measured HR/LR fluxes and errors (counts), lr_ok (LR model
+    less than LR_MASKED_MAX on ignored pixels).  Tables of several fields stack with astropy's vstack."""
+    idx, _ = match(cat, truth)
+    sel = (idx >= 0) & np.asarray(truth["isolated"], bool)
+    m, t = idx[sel], truth[sel]
+    return Table({
+        "type": np.where(np.asarray(t["kind"]) == "point", "star", "galaxy"),
+        "hr_snr": np.asarray(t["hr_snr"], float),
+        "hr_true": np.asarray(t["hr_flux"], float),
+        "hr_flux": np.asarray(cat["hr_flux"], float)[m],
+        "hr_err": np.asarray(cat["hr_flux_err"], float)[m],
+        "lr_true": np.asarray(t["lr_flux"], float),
+        "lr_flux": np.asarray(cat[f"{band}_flux"], float)[m],
+        "lr_err": np.asarray(cat[f"{band}_flux_err"], float)[m],
+        "lr_ok": np.asarray(cat[f"{band}_masked_frac"], float)[m] < LR_MASKED_MAX,
+    })
+
+
+def flux_figures(rows):
+    """{'hr'|'lr': (N, median fractional bias, median chi, robust sigma of chi), 'colour': (N, median
+    chi, robust sigma)} of flux_rows; chi = (measured - true) / error, fractional bias = measured/true - 1.
+    Colour chi = (LR/HR measured - true LR/HR) / (LR error / HR measured) = (lr - true_ratio * hr) / lr_err:
+    the LR flux against the true colour times the measured HR flux."""
+    out = {}
+    for band, ok in (("hr", np.ones(len(rows), bool)), ("lr", np.asarray(rows["lr_ok"], bool))):
+        r = rows[ok]
+        true, flux, err = (np.asarray(r[f"{band}_{k}"], float) for k in ("true", "flux", "err"))
+        med, sig, n = robust_stats((flux - true) / err) if len(r) else (math.nan, math.nan, 0)
+        out[band] = (n, float(np.median(flux / true - 1.0)) if n else math.nan, med, sig)
+    r = rows[np.asarray(rows["lr_ok"], bool)]
+    colour_chi = (np.asarray(r["lr_flux"]) - np.asarray(r["lr_true"]) / np.asarray(r["hr_true"])
+                  * np.asarray(r["hr_flux"])) / np.asarray(r["lr_err"])
+    med, sig, n = robust_stats(colour_chi) if len(r) else (math.nan, math.nan, 0)
+    out["colour"] = (n, med, sig)
+    return out
+
+
+def binned_flux_figures(rows, bins=SNR_BINS):
+    """[(type, (lo, hi), flux_figures)] for type star, galaxy and each true HR S/N bin lo < S/N <= hi."""
+    out = []
+    for kind in ("star", "galaxy"):
+        for lo, hi in bins:
+            snr = np.asarray(rows["hr_snr"])
+            sel = (np.asarray(rows["type"]) == kind) & (snr > lo) & (snr <= hi)
+            out.append((kind, (lo, hi), flux_figures(rows[sel])))
+    return out
+
+
+def spurious_mask(cat, truth, radius_arcsec=SPURIOUS_RADIUS_ARCSEC):
+    """True for each catalogue source with no truth source (of any brightness) within the radius."""
+    if len(cat) == 0:
+        return np.zeros(0, bool)
+    dec0 = np.radians(np.mean(truth["dec"]))
+    dist, _ = cKDTree(_xy_arcsec(truth, dec0)).query(_xy_arcsec(cat, dec0), distance_upper_bound=radius_arcsec)
+    return ~np.isfinite(dist)
+
+
+def catalogue_snr(cat):
+    """Measured HR S/N, hr_flux / hr_flux_err (NaN where the error is not positive)."""
+    err = np.asarray(cat["hr_flux_err"], float)
+    return np.where(err > 0, np.asarray(cat["hr_flux"], float) / np.where(err > 0, err, 1.0), np.nan)
+
+
+def spurious_per_arcmin2(cat, truth, area_arcmin2, snr_min=DETECTION_SNR):
+    """(number, number per arcmin^2) of spurious catalogue sources with measured HR S/N > snr_min."""
+    n = int(np.sum(spurious_mask(cat, truth) & (catalogue_snr(cat) > snr_min)))
+    return n, n / area_arcmin2
+
+
+def detections_per_tile(cat, truth, tiles, snr_min=DETECTION_SNR):
+    """[(tile_id, truth sources with true HR S/N > snr_min in the tile's core, catalogue sources of the tile
+    with measured HR S/N > snr_min, of which spurious)] for jointphot.tiling.Tile objects `tiles`."""
+    bright = np.asarray(truth["hr_snr"]) > snr_min
+    detected = catalogue_snr(cat) > snr_min
+    spurious = spurious_mask(cat, truth)
+    out = []
+    for tile in tiles:
+        mine = np.asarray(cat["tile_id"]) == tile.tile_id
+        out.append((tile.tile_id, int(np.sum(bright & tile.owns(truth["x_hr"], truth["y_hr"]))),
+                    int(np.sum(mine & detected)), int(np.sum(mine & detected & spurious))))
+    return out
+
+
+def galsim_sersic(n, half_light_radius, flux):
+    """GalSim Sersic profile in jointphot's convention: cut at models.TRUNCATION_RADIUS times the
+    untruncated profile's half-light radius, `flux` the total flux of the truncated profile."""
+    import galsim
+    from jointphot.models import TRUNCATION_RADIUS
+    return galsim.Sersic(n, half_light_radius=half_light_radius, trunc=TRUNCATION_RADIUS * half_light_radius,
+                         flux_untruncated=True).withFlux(flux)
+
+
 def galsim_image(shape, sources, psf_sigma):
     """Noiseless GalSim image of `sources` (base.Source, pixel frame, fluxes in counts)
-    through a Gaussian PSF of `psf_sigma` [px], pixel-integrated by GalSim."""
+    through a Gaussian PSF of `psf_sigma` [px], pixel-integrated by GalSim.  Galaxies are
+    GalSim Sersic profiles cut at models.TRUNCATION_RADIUS r_e (jointphot's convention)."""
     import galsim
     im = galsim.ImageD(shape[1], shape[0], scale=1.0)
     cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
@@ -97,9 +200,9 @@ def galsim_image(shape, sources, psf_sigma):
         if s.kind == "point":
             prof = galsim.DeltaFunction(flux=s.flux)
         else:
-            n = {"exp": 1.0, "dev": 4.0}.get(s.kind, s.n)
-            prof = galsim.Sersic(n, half_light_radius=s.re * math.sqrt(s.ab), flux=s.flux).shear(
-                q=s.ab, beta=s.phi * galsim.degrees)
+            n = {"exp": 1.0, "rex": 1.0, "dev": 4.0}.get(s.kind, s.n)
+            hlr = s.re * math.sqrt(s.ab)
+            prof = galsim_sersic(n, hlr, s.flux).shear(q=s.ab, beta=s.phi * galsim.degrees)
         prof = galsim.Convolve(prof, galsim.Gaussian(sigma=psf_sigma))
         prof.drawImage(im, offset=(s.x - cx, s.y - cy), add_to_image=True, method="auto")
     return im.array.copy()

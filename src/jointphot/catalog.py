@@ -10,12 +10,15 @@ import re
 from astropy.table import Table
 
 from .conventions import FLAG_MEANINGS, FLAGS
+from .engines.base import SERSIC_N_RANGE
+from .modelselect import SELECTION_SUMMARY
+from .models import TRUNCATION_RADIUS
 
 COLUMNS = {
     "id": ("", "unique source id = tile_id * 100000 + number"),
     "tile_id": ("", "tile that measured (owns) the source"),
     "number": ("", "SExtractor NUMBER within the tile"),
-    "type": ("", "model: psf (point source), ser (Sersic), exp, dev"),
+    "type": ("", "model chosen by the fit: psf, rex, exp, dev or ser (see Models below)"),
     "x": ("pix", "HR position in the tile cutout, 0-based"),
     "y": ("pix", "HR position in the tile cutout, 0-based"),
     "x_err": ("pix", "1-sigma error of x"),
@@ -41,6 +44,10 @@ COLUMNS = {
     "hr_converged": ("", "HR fit converged (dlnp < 1e-3 before the iteration limit)"),
     "group_id": ("", "HR fit group within the tile"),
     "group_size": ("", "sources fitted together in the HR group"),
+    "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser "
+                   "(NaN: not fitted)"),
+    "hr_param_cov": ("", "HR parameter covariance, 7x7 row-major in the order x, y [pix], flux [count], "
+                         "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks)"),
     "flags": ("", "bit mask, see the flags table"),
     "sex_flux_auto": ("count", "SExtractor FLUX_AUTO on the HR image"),
     "sex_fluxerr_auto": ("count", "SExtractor FLUXERR_AUTO (no Poisson term)"),
@@ -91,6 +98,15 @@ def readme_text(table: Table, band: str) -> str:
     lines += ["", "flags (bit value: name: meaning)"]
     for name, bit in FLAGS.items():
         lines.append(f"{bit:6d}: {name}: {FLAG_MEANINGS[name]}")
-    lines += ["", "Fluxes: counts at the image zeropoint; uJy = counts * 10**(-0.4 (zp - 23.9)).",
+    lines += ["", "Models (type; the Legacy Surveys' model types and selection rules, legacypipe oneblob.py):",
+              "  psf: point source; rex: round exponential (r_e free, b/a = 1); exp: exponential (n = 1);",
+              "  dev: de Vaucouleurs (n = 4); ser: Sersic (n free, %.1f-%.1f).  Every galaxy profile is" % SERSIC_N_RANGE,
+              "  cut at %g r_e (as GalSim's Sersic(trunc=%g r_e); SDSS and the Tractor soften theirs to zero"
+              % (TRUNCATION_RADIUS, TRUNCATION_RADIUS),
+              "  between 7 and 8 r_e, 0.2-0.8 %% less light for n = 2-6): hr_flux and the LR fluxes are the",
+              "  total flux of the truncated profile; r_e is the half-light radius of the untruncated one.",
+              "  e1, e2 = e (cos 2 phi, sin 2 phi) with e = (1 - b/a) / (1 + b/a).",
+              "  The chosen model is the simplest one that the fit's chi^2 gains justify: %s." % SELECTION_SUMMARY,
+              "", "Fluxes: counts at the image zeropoint; uJy = counts * 10**(-0.4 (zp - 23.9)).",
               "Positions ra/dec are in the reference frame of the astrometric offset files (image - reference)."]
     return "\n".join(lines) + "\n"

@@ -364,17 +364,61 @@ def qa_command(job, tiles, outdir, force, jobs):
     _echo(f"{len(paths['tiles'])} tile pictures, summary -> {paths['html']}")
 
 
+def _fractions(ctx, param, value):
+    """'F' (both images) or 'F_HR,F_LR' -> (F_HR, F_LR)."""
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2):
+        raise click.BadParameter(f"expected F or F_HR,F_LR, got {value!r}")
+    return values * (3 - len(values))
+
+
+def _mag_range(ctx, param, value):
+    """'LO,HI' (AB mag) -> (LO, HI), or None."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI magnitudes, got {value!r}") from None
+    if not lo < hi:
+        raise click.BadParameter(f"LO must be brighter (smaller) than HI, got {value!r}")
+    return lo, hi
+
+
 @main.command("simulate")
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same files).")
 @click.option("--size-arcsec", type=float, default=60.0, show_default=True, help="Field size in arcsec.")
-def simulate_command(outdir, seed, size_arcsec):
+@click.option("--galaxies", type=click.Choice(["sersic", "truncated", "composite"]), default="truncated",
+              show_default=True, help="Galaxy model: single untruncated Sersic; Sersic with n > 1.5 truncated at "
+                                      "8 r_e; truncated de Vaucouleurs bulge + exponential disc (+ knots), "
+                                      "each with its own LR/HR colour.")
+@click.option("--hr-noise", type=click.Choice(["white", "cosmos"]), default="white", show_default=True,
+              help="HR noise: white, or correlated like ACS F814W drizzled images (weight map unchanged).")
+@click.option("--lr-noise", type=click.Choice(["white", "warped"]), default="white", show_default=True,
+              help="LR noise: white, or correlated by a Lanczos-3 warp (VARIANCE unchanged).")
+@click.option("--poisson", is_flag=True, help="Add source shot noise (in VARIANCE, not in the HR weight map).")
+@click.option("--psf-light-fraction", default="1", show_default=True, callback=_fractions,
+              help="Fraction of the PSF's light kept in the written PSF files: F (both) or F_HR,F_LR.")
+@click.option("--star-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Fraction of the sources that are stars [default: 0.15].")
+@click.option("--star-mags", callback=_mag_range, help="LO,HI: HR AB magnitudes of the stars [default: 19.5,25.5].")
+@click.option("--galaxy-mags", callback=_mag_range,
+              help="LO,HI: HR AB magnitudes of the galaxies [default: 20.5,26.5].")
+def simulate_command(outdir, seed, size_arcsec, galaxies, hr_noise, lr_noise, poisson, psf_light_fraction,
+                     star_fraction, star_mags, galaxy_mags):
     """Simulate an HR + LR test field with GalSim, with truth catalogue, PSFs, offsets and job files."""
     try:
         from .simulate import simulate_field
     except ImportError as exc:
         raise JointphotError(f"simulate needs GalSim: pip install 'jointphot[sim]' ({exc})") from None
-    paths = simulate_field(outdir, seed=seed, size_arcsec=size_arcsec)
+    counts = {name: value for name, value in (("star_fraction", star_fraction), ("star_mags", star_mags),
+                                                ("galaxy_mags", galaxy_mags)) if value is not None}
+    paths = simulate_field(outdir, seed=seed, size_arcsec=size_arcsec, galaxies=galaxies, hr_noise=hr_noise,
+                           lr_noise=lr_noise, poisson=poisson, psf_light_fraction=psf_light_fraction, **counts)
     click.echo(f"simulated field written to {outdir} ({len(paths)} files)")
 
 

@@ -1,13 +1,21 @@
-"""HR model fit of one tile: every SExtractor detection becomes a point source or a Sersic galaxy.
+"""HR model fit of one tile: every SExtractor detection gets a model (job key hr_models).
 
 Groups: sources whose segments touch after dilation by one PSF FWHM are fitted together on
-their bounding box; pixels of other segments in the box are ignored.  Start values come from
-SExtractor (position, FLUX_AUTO, FLUX_RADIUS deconvolved from the PSF, B/A, THETA).
-Point-source candidates (the original's rule, with CLASS_STAR computed at the real seeing,
-or FLUX_RADIUS below 1.3x the PSF's) are fitted both ways and kept as galaxies only when
-that lowers chi^2 by more than `GALAXY_DCHI2`.  The sky is the clipped median of
-segmentation-free pixels (frozen, as in the original); weights are rescaled so that those
-pixels have unit chi scatter (job key noise_rescale).
+their bounding box; pixels of other groups' segments in the box are ignored.  Start values
+come from SExtractor (position, FLUX_AUTO, FLUX_RADIUS deconvolved from the PSF, B/A, THETA).
+hr_models 'sersic' (default): point-source candidates (the original's rule, CLASS_STAR at
+the real seeing, or FLUX_RADIUS below 1.3x the PSF's) are fitted both ways and kept as
+galaxies only when that lowers chi^2 by more than GALAXY_DCHI2; the others are Sersic.
+hr_models 'legacy' (modelselect.py, the Legacy Surveys' rules): in a group, all sources are first
+fitted jointly as round exponentials; then, brightest first, each source's neighbours'
+current models are subtracted (not masked) and the candidates PSF, REX, and for significant
+extended sources DEV, EXP and SER are fitted on the source's own box; the chosen model
+replaces the source's current one; finally the group is refitted jointly with the chosen
+models (errors from that joint fit).  A galaxy's r_e is bounded by RE_PER_SEGMENT_RADIUS
+times the radius of its detection segment: a model cannot grow to swallow a neighbour's
+halo.  The sky is the clipped mode of segmentation-free pixels, refined from the residual
+of a first pass; weights are rescaled so that those pixels have unit chi scatter (job key
+noise_rescale).
 """
 from __future__ import annotations
 
@@ -23,13 +31,18 @@ from scipy import ndimage
 
 from .conventions import FLAGS, image_to_reference
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
+from .modelselect import dchisq_vector, galaxies_worth_trying, select_model
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .plan import tile_path, tile_psf
 
 log = logging.getLogger("jointphot.fit_hr")
 
-#: chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
+#: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
 GALAXY_DCHI2 = 12.0
+#: A galaxy's r_e may not exceed this many times the radius sqrt(area / pi) of its detection segment ...
+RE_PER_SEGMENT_RADIUS = 3.0
+#: ... nor fall below this many PSF FWHM as an upper bound (small segments of faint sources).
+RE_MAX_MIN_FWHM = 2.0
 #: Margin (pixels, beyond one PSF FWHM) around a group's segments in its fitting box.
 BOX_MARGIN = 6
 
@@ -48,7 +61,10 @@ def sky_and_noise(image, invvar, source_mask, rescale: bool):
 
 
 def start_sources(cat, psf, job, pixel_scale) -> List[Source]:
-    """Initial model of each detection (0-based cutout pixels), with the point-source rule."""
+    """Initial model of each detection (0-based cutout pixels).  hr_models 'legacy': an
+    exponential with SExtractor's position, flux and shape (only a start: the fit chooses the
+    model).  'sersic': a point source by the original's rule (CLASS_STAR at the real seeing,
+    or FLUX_RADIUS below 1.3x the PSF's), else a Sersic galaxy."""
     fwhm_pix = psf.fwhm_pix
     rule_fwhm = (job["hr_psf_fwhm_arcsec"] / pixel_scale) if job["hr_psf_fwhm_arcsec"] else fwhm_pix
     r_half_psf = 0.5 * fwhm_pix
@@ -62,9 +78,18 @@ def start_sources(cat, psf, job, pixel_scale) -> List[Source]:
         is_point = ((row["CLASS_STAR"] > 0.8 and mag < 23 and ab > 0.8)
                     or (mag >= 23 and frad < 0.7 * rule_fwhm and ab > 0.8)
                     or frad < 1.3 * r_half_psf)
-        out.append(Source("point" if is_point else "sersic", float(row["X_IMAGE"]) - 1, float(row["Y_IMAGE"]) - 1,
-                          flux, float(re), ab, float(row["THETA_IMAGE"]), 2.0))
+        kind, n = ("exp", 1.0) if job["hr_models"] == "legacy" else ("point" if is_point else "sersic", 2.0)
+        out.append(Source(kind, float(row["X_IMAGE"]) - 1, float(row["Y_IMAGE"]) - 1,
+                          flux, float(re), ab, float(row["THETA_IMAGE"]), n))
     return out
+
+
+def segment_re_max(segmap, numbers, fwhm_pix) -> np.ndarray:
+    """Upper bound [px] of each detection's r_e: RE_PER_SEGMENT_RADIUS x its segment radius,
+    at least RE_MAX_MIN_FWHM x the PSF FWHM."""
+    area = np.bincount(segmap.ravel(), minlength=int(max(np.max(numbers, initial=0), segmap.max())) + 1)
+    radius = np.sqrt(area[np.asarray(numbers, int)] / np.pi)
+    return np.maximum(RE_PER_SEGMENT_RADIUS * radius, RE_MAX_MIN_FWHM * fwhm_pix)
 
 
 def groups_from_segmap(segmap, numbers, dilate_pix):
@@ -102,16 +127,20 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     sources = start_sources(cat, psf, job, scale)
     groups, _ = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
     numbers = np.asarray(cat["NUMBER"])
-    results = _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job)
+    re_max = segment_re_max(segmap, numbers, psf.fwhm_pix)
+    fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job)
+    results = fitter.fit_all(sources, groups, choose=job["hr_models"] == "legacy")
     # second pass: the sky from the residual of the first (source light no longer biases it), and
-    # every group refitted from the first pass's solution (flux, size and n all respond to the sky)
+    # every group refitted with its chosen models from the first pass's solution
     fitted = [r.source for r in results]
     if fitted:
         resid = image - engine.render(image.shape, psf, [s for s, r in zip(fitted, results) if not r.failed])
         _, sky_correction, _ = sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)
         image = image - sky_correction
         sky += float(sky_correction)
-        results = _fit_groups(image, invvar, segmap, numbers, fitted, groups, psf, engine, job)
+        fitter.image = image
+        second = fitter.fit_all(fitted, groups, choose=False)
+        results = [r2._replace(dchisq=r1.dchisq) for r1, r2 in zip(results, second)]
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
     model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
@@ -124,6 +153,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_SKY"] = (sky, "[count] HR sky level subtracted (frozen)")
     hdr["JP_WFAC"] = (wfactor, "factor applied to the HR inverse variance")
     hdr["JP_PSFFW"] = (psf.fwhm_pix * scale, "[arcsec] HR PSF FWHM")
+    hdr["JP_PSFLF"] = (job["hr_psf_light_fraction"], "HR PSF light fraction (share of a star's light in the stamp)")
     tab_hdu = fits.BinTableHDU(table, header=hdr, name="HR_FIT")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), tab_hdu]), tile_path(directory, tile_id, "hr_fit"))
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr),
@@ -134,61 +164,143 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
 
 
 HRResult = collections.namedtuple(
-    "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size")
+    "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size dchisq")
 
 
-def _fit_groups(image, invvar, segmap, numbers, sources, groups, psf, engine, job):
-    """Fit every group; returns one HRResult per source (in the order of `sources`)."""
-    results = [None] * len(sources)
-    for gid, members in enumerate(groups):
-        for i, res in zip(members, _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job)):
-            results[i] = res._replace(group_id=gid, group_size=len(members))
-    return results
+class GroupFitter:
+    """Fits the groups of one tile: image [counts, sky subtracted], inverse variance, segmentation
+    map, SExtractor NUMBERs, per-detection r_e bounds [px], PSF, engine and job."""
 
+    def __init__(self, image, invvar, segmap, numbers, re_max, psf, engine, job):
+        self.image, self.invvar, self.segmap, self.numbers = image, invvar, segmap, numbers
+        self.re_max, self.psf, self.engine, self.job = re_max, psf, engine, job
 
-def _group_box(image, invvar, segmap, numbers, members, psf):
-    """(image, inverse variance, x0, y0) of a group's fitting box; other groups' segments get weight 0."""
-    ny, nx = image.shape
-    group_numbers = numbers[members]
-    ys, xs = np.nonzero(np.isin(segmap, group_numbers))
-    pad = int(np.ceil(psf.fwhm_pix)) + BOX_MARGIN
-    y0, y1 = max(0, ys.min() - pad), min(ny, ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(nx, xs.max() + pad + 1)
-    seg = segmap[y0:y1, x0:x1]
-    sub_iv = np.where((seg == 0) | np.isin(seg, group_numbers), invvar[y0:y1, x0:x1], 0.0)
-    return image[y0:y1, x0:x1], sub_iv, x0, y0
+    def fit_all(self, sources, groups, choose: bool):
+        """One HRResult per source (in the order of `sources`); choose=True picks each source's
+        model, choose=False refits the sources' kinds as they are."""
+        results = [None] * len(sources)
+        for gid, members in enumerate(groups):
+            for i, res in zip(members, self.fit_group(sources, members, choose)):
+                results[i] = res._replace(group_id=gid, group_size=len(members))
+        return results
 
+    def box(self, members, within=None):
+        """(y0, y1, x0, x1): bounding box of the members' segments plus one PSF FWHM and
+        BOX_MARGIN, clipped to the image (or to the box `within`)."""
+        ny, nx = self.image.shape
+        ys, xs = np.nonzero(np.isin(self.segmap, self.numbers[members]))
+        pad = int(np.ceil(self.psf.fwhm_pix)) + BOX_MARGIN
+        lo_y, hi_y, lo_x, hi_x = within if within is not None else (0, ny, 0, nx)
+        return (max(lo_y, ys.min() - pad), min(hi_y, ys.max() + pad + 1),
+                max(lo_x, xs.min() - pad), min(hi_x, xs.max() + pad + 1))
 
-def _fit_group(image, invvar, segmap, numbers, sources, members, psf, engine, job):
-    """Fit one group on its box, other segments masked; point-source candidates tried as galaxies."""
-    group_numbers = numbers[members]
-    sub_img, sub_iv, x0, y0 = _group_box(image, invvar, segmap, numbers, members, psf)
-    starts = [sources[i].copy(x=sources[i].x - x0, y=sources[i].y - y0) for i in members]
-    all_point = all(s.kind == "point" for s in starts)
-    max_iter = job["hr_ps_niter"] if all_point else job["hr_compl_niter"]
-    try:
-        fit = engine.fit_group(sub_img, sub_iv, psf, starts, max_iter=max(max_iter, job["hr_ps_niter"]))
-        # point-source candidates: keep as galaxy only if a Sersic model is clearly better
+    def fit_group(self, sources, members, choose: bool):
+        """Fit one group on its box (other groups' segments masked); returns HRResults."""
+        y0, y1, x0, x1 = self.box(members)
+        seg = self.segmap[y0:y1, x0:x1]
+        img = self.image[y0:y1, x0:x1]
+        ivar = np.where((seg == 0) | np.isin(seg, self.numbers[members]), self.invvar[y0:y1, x0:x1], 0.0)
+        starts = [sources[i].copy(x=sources[i].x - x0, y=sources[i].y - y0) for i in members]
+        re_max = [float(self.re_max[i]) for i in members]
+        dchisq = [{} for _ in members]
+        try:
+            fit = None
+            if choose:
+                starts, dchisq, fit = self._choose_models(img, ivar, starts, re_max, (y0, x0), members)
+            if fit is None:
+                fit = self.engine.fit_group(img, ivar, self.psf, starts, max_iter=self._max_iter(starts),
+                                            re_max=re_max)
+                if self.job["hr_models"] == "sersic":
+                    fit = self._point_sources_as_galaxies(img, ivar, starts, fit, re_max)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+            log.warning("HR fit of group with sources %s failed: %s", list(self.numbers[members]), exc)
+            return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0,
+                             dchisq_vector(d)) for s, d in zip(starts, dchisq)]
+        covs = fit.covariances or [None] * len(fit.sources)
+        out = []
+        for s, err, bound, cov, d in zip(fit.sources, fit.errors, fit.at_bound, covs, dchisq):
+            failed = not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan)))
+            out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
+                                fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(d)))
+        return out
+
+    def _point_sources_as_galaxies(self, img, ivar, starts, fit, re_max):
+        """hr_models 'sersic': each point-source candidate refitted as a Sersic galaxy, kept as one
+        only when that lowers chi^2 by more than GALAXY_DCHI2."""
         for k, s in enumerate(starts):
             if s.kind != "point":
                 continue
             trial = list(fit.sources)
             trial[k] = s.copy(kind="sersic", x=fit.sources[k].x, y=fit.sources[k].y, flux=fit.sources[k].flux,
                               re=max(s.re, 1.0), n=1.5)
-            alt = engine.fit_group(sub_img, sub_iv, psf, trial, max_iter=job["hr_compl_niter"])
+            alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self.job["hr_compl_niter"],
+                                        re_max=re_max)
             if fit.chi2 - alt.chi2 > GALAXY_DCHI2:
                 fit = alt
-    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        log.warning("HR fit of group with sources %s failed: %s", list(group_numbers), exc)
-        return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0)
-                for s in starts]
-    covs = fit.covariances or [None] * len(fit.sources)
-    out = []
-    for s, err, bound, cov in zip(fit.sources, fit.errors, fit.at_bound, covs):
-        failed = not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan)))
-        out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
-                            fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0))
-    return out
+        return fit
+
+    def _max_iter(self, sources):
+        job = self.job
+        return job["hr_ps_niter"] if all(s.kind == "point" for s in sources) else job["hr_compl_niter"]
+
+    def _choose_models(self, img, ivar, starts, re_max, origin, members):
+        """Each source's model by the fit, brightest first, its neighbours' current models
+        subtracted.  Returns (chosen sources, dchisq dicts, the GroupFit of a lone source or None)."""
+        engine, psf = self.engine, self.psf
+        current = [s.copy(kind="rex", ab=1.0, phi=0.0) for s in starts]
+        if len(starts) > 1:
+            current = engine.fit_group(img, ivar, psf, current, max_iter=self.job["hr_compl_niter"],
+                                       re_max=re_max).sources
+        model = engine.render(img.shape, psf, current)
+        dchisq = [{} for _ in starts]
+        lone_fit = None
+        y_origin, x_origin = origin
+        for k in np.argsort([-s.flux for s in current], kind="stable"):
+            own = engine.render(img.shape, psf, [current[k]])
+            others = model - own
+            by0, by1, bx0, bx1 = self.box([members[k]], within=(y_origin, y_origin + img.shape[0],
+                                                                x_origin, x_origin + img.shape[1]))
+            sl = (slice(by0 - y_origin, by1 - y_origin), slice(bx0 - x_origin, bx1 - x_origin))
+            shift = dict(x=-(bx0 - x_origin), y=-(by0 - y_origin))
+            local = _moved(current[k], **shift)
+            start = _moved(starts[k], **shift)
+            fit, dchisq[k] = self._candidates(img[sl] - others[sl], ivar[sl], start, local, re_max[k])
+            current[k] = _moved(fit.sources[0], x=-shift["x"], y=-shift["y"])
+            model = others + engine.render(img.shape, psf, [current[k]])
+            if len(starts) == 1 and sl == (slice(0, img.shape[0]), slice(0, img.shape[1])):
+                lone_fit = fit
+        return current, dchisq, lone_fit
+
+    def _candidates(self, img, ivar, start, current, re_max):
+        """Fit the candidate models of one source (neighbours already subtracted from `img`);
+        returns (GroupFit of the chosen model, {kind: dchisq})."""
+        good = ivar > 0
+        chi2_none = float(np.sum(ivar[good] * img[good] ** 2))
+        fits = {}
+
+        def fit(kind, src):
+            fits[kind] = self.engine.fit_group(img, ivar, self.psf, [src], max_iter=self._max_iter([src]),
+                                               re_max=[re_max])
+
+        x, y, flux = current.x, current.y, current.flux
+        fit("point", Source("point", x, y, flux))
+        fit("rex", Source("rex", x, y, flux, re=current.re if current.is_galaxy else start.re))
+        dchisq = {k: chi2_none - f.chi2 for k, f in fits.items()}
+        if galaxies_worth_trying(dchisq):
+            r = fits["rex"].sources[0]
+            for kind in ("dev", "exp"):
+                fit(kind, start.copy(kind=kind, x=r.x, y=r.y, flux=r.flux, re=r.re, n=FIXED_SERSIC_N[kind]))
+            dchisq = {k: chi2_none - f.chi2 for k, f in fits.items()}
+            best = select_model(dchisq)
+            if best in ("exp", "dev"):
+                fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
+                dchisq["sersic"] = chi2_none - fits["sersic"].chi2
+        return fits[select_model(dchisq)], dchisq
+
+
+def _moved(src: Source, x: float, y: float) -> Source:
+    """`src` shifted by (x, y) pixels."""
+    return src.copy(x=src.x + x, y=src.y + y)
 
 
 def _near_coverage_edge(invvar, header, plan, distance_pix):
@@ -286,6 +398,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["hr_converged"] = np.array([r.converged for r in results], bool)
     t["group_id"] = np.array([r.group_id for r in results], np.int32)
     t["group_size"] = np.array([r.group_size for r in results], np.int16)
+    t["dchisq"] = np.array([r.dchisq for r in results], float).reshape(n, 5)
     t["flags"] = flags
     for col in ("FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO", "FLUX_RADIUS", "CLASS_STAR", "FLAGS"):
         t["sex_" + col.lower()] = cat[col]

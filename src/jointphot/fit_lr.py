@@ -190,6 +190,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_CHI2L"] = (chi2_dof if np.isfinite(chi2_dof) else -1.0, "LR fit chi^2 per degree of freedom (-1: no fit)")
     hdr["JP_MASKH"] = (mask_from_header, "LR mask planes from MP_ keywords (else HSC defaults)")
     hdr["JP_PSFFL"] = (psf.fwhm_pix * plan["lr"]["pixel_scale_arcsec"], "[arcsec] LR PSF FWHM")
+    hdr["JP_PSFLL"] = (job["lr_psf_light_fraction"], "LR PSF light fraction (share of a star's light in the stamp)")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(table, header=hdr, name="LR_FIT")]),
                       tile_path(directory, tile_id, "lr_fit"))
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr),

@@ -65,9 +65,20 @@ KEYS: Dict[str, tuple] = {
     "engine": ("choice", "auto", "fitting engine: auto | native | tractor"),
     "lr_band": ("str", "lr", "name of the LR band (column prefix in the catalogue)"),
     "noise_rescale": ("bool", True, "rescale the weights so blank-sky pixels have unit chi scatter"),
+    "hr_psf_pixscale_arcsec": ("float", None, "pixel scale [\"/px] of a FITS hr_image_psf (default: its header's "
+                                              "CD, PC x CDELT, CDELT or PIXSCALE, else the HR image's)"),
+    "lr_psf_pixscale_arcsec": ("float", None, "pixel scale [\"/px] of a FITS lr_image_psf (default: its header's "
+                                              "CD, PC x CDELT, CDELT or PIXSCALE, else the LR image's)"),
+    "hr_psf_light_fraction": ("float", 1.0, "share of a point source's total light inside the HR PSF stamp, "
+                                            "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
+    "lr_psf_light_fraction": ("float", 1.0, "share of a point source's total light inside the LR PSF stamp, "
+                                            "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
+    "hr_models": ("choice", "sersic", "HR models: sersic (point sources by SExtractor's rule, else a free "
+                                      "Sersic) | legacy (psf/rex/exp/dev/ser chosen by the fit, the Legacy "
+                                      "Surveys' rules)"),
 }
 CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_type": WEIGHT_TYPES,
-           "engine": ENGINES}
+           "engine": ENGINES, "hr_models": ("sersic", "legacy")}
 IGNORED = ("show_plots", "output_logfile_name", "mainpath", "userinputdir", "run_on_mock")
 
 

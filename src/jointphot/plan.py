@@ -73,11 +73,9 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
     tiles = make_grid(hr_shape, hr_scale, job["cutoutsize_arcsec"], job["cutoutoverlap_arcsec"])
     # load both PSFs once so that a bad PSF fails now, not in every tile
     cx, cy = (hr_shape[1] - 1) / 2.0, (hr_shape[0] - 1) / 2.0
-    load_psf(job["hr_image_psf"], job["hr_psf_type"], hr_scale, position=(cx + 1, cy + 1),
-             psfex_mag=job["psfex_mag"], what="hr")
+    load_psf(job["hr_image_psf"], job["hr_psf_type"], hr_scale, position=(cx + 1, cy + 1), **psf_options(job, "hr"))
     lx, ly = lr_wcs.all_world2pix([hr_wcs.all_pix2world([[cx, cy]], 0)[0]], 0)[0]
-    load_psf(job["lr_image_psf"], job["lr_psf_type"], lr_scale, position=(lx + 1, ly + 1),
-             psfex_mag=job["psfex_mag"], what="lr")
+    load_psf(job["lr_image_psf"], job["lr_psf_type"], lr_scale, position=(lx + 1, ly + 1), **psf_options(job, "lr"))
     _check_workdir(job["workdir"])
     tile_dicts = []
     for t in tiles:
@@ -193,8 +191,13 @@ def tile_psf(plan: Dict[str, Any], tile_id: int, band: str):
     """PSF of `band` ('hr' or 'lr') for a tile, evaluated at the tile centre."""
     job = plan["job"]
     return load_psf(job[f"{band}_image_psf"], job[f"{band}_psf_type"], plan[band]["pixel_scale_arcsec"],
-                    position=tuple(plan["tiles"][tile_id]["psf_position"][band]), psfex_mag=job["psfex_mag"],
-                    what=band)
+                    position=tuple(plan["tiles"][tile_id]["psf_position"][band]), **psf_options(job, band))
+
+
+def psf_options(job: Dict[str, Any], band: str) -> Dict[str, Any]:
+    """The job's load_psf options for `band` ('hr' or 'lr')."""
+    return {"psfex_mag": job["psfex_mag"], "what": band, "file_pixscale_arcsec": job[f"{band}_psf_pixscale_arcsec"],
+            "light_fraction": job[f"{band}_psf_light_fraction"]}
 
 
 def tile_dir(plan: Dict[str, Any], tile_id: int) -> str:

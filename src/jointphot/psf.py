@@ -1,7 +1,14 @@
 """PSF loading: a Gaussian FWHM, a FITS image or a PSFEx model, always returned on the image's pixel grid.
 
-Every PSF comes back as :class:`jointphot.engines.base.PSF`: an odd x odd effective
-(pixel-convolved) PSF with unit sum, centred on the middle pixel.
+Every PSF comes back as :class:`jointphot.engines.base.PSF`: a square, odd-sized effective
+(pixel-convolved) PSF centred on the middle pixel, whose sum is the job's light fraction
+(`hr_/lr_psf_light_fraction`, 1 by default: the share of a point source's total light that the
+stamp holds), so that a fitted flux is the total flux.
+
+A FITS PSF's pixel scale comes from the job (`hr_/lr_psf_pixscale_arcsec`), else its header: the
+CD matrix, else PC x CDELT, else CDELT (CUNITi, default deg), else a PIXSCALE card (arcsec), else
+it is taken to be the image's.  Non-square, even-sized and off-centre stamps are recentred on
+their light centroid and padded with zeros to the square.
 
 PSFEx models are evaluated like PSFEx itself: the PSF_MASK planes are the coefficients of
 the polynomial basis of ``poly_func`` (PSFEx src/wcs/poly.c) in the context variables
@@ -14,10 +21,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from math import comb
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy import ndimage
 from scipy.special import erf
 
@@ -34,21 +46,40 @@ _MAG_NAMES = ("MAG_AUTO",)
 CENTRE_TOLERANCE_PIX = 0.05
 #: Largest relative pixel-scale mismatch accepted without resampling.
 SCALE_TOLERANCE = 0.01
+#: Plausible pixel scales of a PSF file ["/px]; outside them its header (or the job's override) is wrong.
+PSF_PIXSCALE_RANGE_ARCSEC = (0.001, 10.0)
+#: Largest side (pixels) of a FITS PSF stamp once resampled to the image's pixels.
+MAX_PSF_SIDE = 2001
+#: Accepted light fractions of a PSF stamp: lower bound (excluded) and upper bound (included).
+LIGHT_FRACTION_RANGE = (0.5, 1.0)
+#: WCS keywords that give a FITS PSF its pixel scale, in order of precedence, and their names.
+_SCALE_KEYWORDS = ((r"CD[12]_[12]$", "CD matrix"), (r"PC[12]_[12]$", "PC x CDELT"), (r"CDELT[12]$", "CDELT"))
 
 
-def load_psf(spec, psf_type, pixel_scale_arcsec, *, position=None, psfex_mag=21.0, what="hr") -> PSF:
+def load_psf(spec, psf_type, pixel_scale_arcsec, *, position=None, psfex_mag=21.0, what="hr",
+             file_pixscale_arcsec=None, light_fraction=1.0) -> PSF:
     """Load the PSF of the `what` ('hr' or 'lr') image with pixel scale `pixel_scale_arcsec` (arcsec/px).
 
     spec: the FWHM in arcsec (number or numeric string) for psf_type 'fwhm', else a file path.
     position: (x_image, y_image), 1-based pixel coordinates in the large image where a
     position-dependent PSFEx model is evaluated (the tile centre).
     psfex_mag: value of MAG_AUTO for a magnitude-dependent PSFEx model (mag).
+    file_pixscale_arcsec: pixel scale of a 'fits' PSF file ["/px] (job key <what>_psf_pixscale_arcsec);
+    None = from its header.
+    light_fraction: share of a point source's total light inside the PSF stamp (job key
+    <what>_psf_light_fraction); the returned image sums to it.
     """
     key = f"{what}_image_psf"
     if psf_type not in PSF_TYPES:
         raise JointphotError(f"{what}_psf_type: unknown PSF type {psf_type!r} (expected one of {', '.join(PSF_TYPES)})")
     if not (pixel_scale_arcsec > 0):
         raise JointphotError(f"{key}: pixel scale must be positive, got {pixel_scale_arcsec!r}")
+    low, high = LIGHT_FRACTION_RANGE
+    if not (low < light_fraction <= high):
+        raise JointphotError(f"{what}_psf_light_fraction: must be in ({low:g}, {high:g}], got {light_fraction!r}")
+    if file_pixscale_arcsec is not None and psf_type != "fits":
+        raise JointphotError(f"{what}_psf_pixscale_arcsec: applies to FITS image PSFs only, but {what}_psf_type "
+                             f"is {psf_type!r}")
     if psf_type == "fwhm":
         try:
             fwhm = float(spec)
@@ -57,7 +88,7 @@ def load_psf(spec, psf_type, pixel_scale_arcsec, *, position=None, psfex_mag=21.
         if not (fwhm > 0 and math.isfinite(fwhm)):
             raise JointphotError(f"{key}: FWHM must be a positive number of arcsec, got {spec!r}")
         sigma = fwhm / FWHM_PER_SIGMA / pixel_scale_arcsec
-        return PSF(image=gaussian_epsf(sigma), kind="fwhm", sigma_pix=sigma)
+        return PSF(image=light_fraction * gaussian_epsf(sigma), kind="fwhm", sigma_pix=sigma)
     path = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
     if path is None:
         raise JointphotError(f"{key}: psf type {psf_type!r} needs a file name, got {spec!r}")
@@ -67,14 +98,15 @@ def load_psf(spec, psf_type, pixel_scale_arcsec, *, position=None, psfex_mag=21.
         with fits.open(path, memmap=False) as hdul:
             hdul.verify("silentfix")
             if psf_type == "fits":
-                image = _fits_psf(hdul, pixel_scale_arcsec, f"{key} {path}")
+                image = _fits_psf(hdul, pixel_scale_arcsec, file_pixscale_arcsec, f"{key} {path}",
+                                  f"{what}_psf_pixscale_arcsec")
             else:
                 image = _psfex_psf(hdul, position, psfex_mag, f"{key} {path}")
     except JointphotError:
         raise
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError on damaged files
         raise JointphotError(f"{key}: cannot read PSF file {path} as FITS: {exc}") from None
-    return PSF(image=image, kind=psf_type)
+    return PSF(image=light_fraction * image, kind=psf_type)
 
 
 def gaussian_epsf(sigma_pix) -> np.ndarray:
@@ -86,11 +118,14 @@ def gaussian_epsf(sigma_pix) -> np.ndarray:
     return image / image.sum()
 
 
-def _fits_psf(hdul, pixel_scale, label) -> np.ndarray:
-    """PSF image from the primary (or first image) HDU, recentred and rescaled to `pixel_scale` if needed.
+def _fits_psf(hdul, pixel_scale, file_scale, label, scale_key) -> np.ndarray:
+    """Unit-sum PSF image from the primary (or first image) HDU on the image's pixels: square, odd-sized,
+    centred on the middle pixel.
 
+    file_scale: the file's pixel scale ["/px] (job key `scale_key`), None = from the header.
     A finer file PSF is integrated over the missing part of the image pixel; a coarser one is
-    only interpolated (its own, larger pixel cannot be removed).
+    only interpolated (its own, larger pixel cannot be removed).  A stamp on the image's scale
+    whose light centroid is (within CENTRE_TOLERANCE_PIX) on a pixel centre is only padded.
     """
     hdu = next((h for h in hdul if h.is_image and h.data is not None), None)
     if hdu is None:
@@ -105,33 +140,68 @@ def _fits_psf(hdul, pixel_scale, label) -> np.ndarray:
     if not total > 0:
         raise JointphotError(f"{label}: PSF image has a non-positive sum ({total:g})")
     data /= total
-    file_scale = _header_pixel_scale(hdu.header)
-    ratio = 1.0 if file_scale is None or abs(file_scale / pixel_scale - 1.0) <= SCALE_TOLERANCE \
-        else pixel_scale / file_scale
+    source = f"{scale_key} = {file_scale!r}"
+    if file_scale is None:
+        file_scale, source = _header_pixel_scale(hdu.header, label, scale_key)
+    if file_scale is None:
+        file_scale, source = pixel_scale, "the image's pixel scale (no scale in the header)"
+    low, high = PSF_PIXSCALE_RANGE_ARCSEC
+    if not (low <= file_scale <= high):
+        raise JointphotError(f"{label}: a pixel scale of {file_scale:.6g}\"/px (from {source}) is not plausible "
+                             f"for a PSF ({low:g}-{high:g}\"/px): set {scale_key} to the PSF file's pixel scale")
+    ratio = 1.0 if abs(file_scale / pixel_scale - 1.0) <= SCALE_TOLERANCE else pixel_scale / file_scale
     ny, nx = data.shape
     cx, cy = _centroid(data)
-    if ratio == 1.0 and nx % 2 == 1 and ny % 2 == 1 \
-            and math.hypot(cx - nx // 2, cy - ny // 2) <= CENTRE_TOLERANCE_PIX:
-        return data
-    half_in = min(cx, nx - 1 - cx, cy, ny - 1 - cy)
-    half = max(int(math.floor(half_in / ratio)), 1)
+    # half-size on the image grid that holds the whole stamp around its centroid (zeros padded)
+    half = max(int(math.ceil(max(cx, nx - 1 - cx, cy, ny - 1 - cy) / ratio - 1e-6)), 1)
+    if 2 * half + 1 > MAX_PSF_SIDE:
+        raise JointphotError(f"{label}: at {file_scale:.6g}\"/px (from {source}) the {nx}x{ny} PSF would become "
+                             f"{2 * half + 1}x{2 * half + 1} pixels of {pixel_scale:.6g}\" (at most {MAX_PSF_SIDE}): "
+                             f"check {scale_key} (the PSF file's pixel scale) and the image's pixel scale")
+    ix, iy = int(round(cx)), int(round(cy))
+    if ratio == 1.0 and math.hypot(cx - ix, cy - iy) <= CENTRE_TOLERANCE_PIX:
+        half = max(ix, nx - 1 - ix, iy, ny - 1 - iy)
+        out = np.zeros((2 * half + 1, 2 * half + 1))
+        out[half - iy:half - iy + ny, half - ix:half - ix + nx] = data
+        return out
     # The file's ePSF already holds its own pixel: add only the missing box width (in file pixels).
     box = math.sqrt(max(ratio ** 2 - 1.0, 0.0))
     return _resample(data, (cx, cy), ratio, half, box)
 
 
-def _header_pixel_scale(header):
-    """Pixel scale (arcsec/px) from PIXSCALE, a CD matrix or CDELT; None when the header has none."""
+def _header_pixel_scale(header, label, scale_key):
+    """(pixel scale ["/px], the keywords it came from) of a FITS PSF header; (None, None) without any.
+
+    Precedence: the CD matrix, PC x CDELT, CDELT alone (astropy.wcs; CUNITi default to deg),
+    then a PIXSCALE card in arcsec.  Non-square pixels are an error naming `scale_key`.
+    """
+    found = [name for pattern, name in _SCALE_KEYWORDS if any(re.match(pattern, k) for k in header)]
+    if found:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wcs = WCS(header, naxis=2)
+                scales = [s * (u.deg if unit == u.dimensionless_unscaled else unit).to(u.arcsec)
+                          for s, unit in zip(proj_plane_pixel_scales(wcs), wcs.wcs.cunit)]
+        except Exception as exc:  # astropy raises many types for broken WCS keywords or units
+            reason = " ".join(str(exc).split())    # wcslib's messages span lines
+            raise JointphotError(f"{label}: cannot read a pixel scale from its {found[0]} keywords ({reason}): "
+                                 f"set {scale_key} to the PSF file's pixel scale") from None
+        if not all(s > 0 and math.isfinite(s) for s in scales):
+            raise JointphotError(f"{label}: its {found[0]} keywords give pixel scales {scales[0]:.6g} x "
+                                 f"{scales[1]:.6g}\"/px: set {scale_key} to the PSF file's pixel scale")
+        if abs(scales[0] / scales[1] - 1.0) > SCALE_TOLERANCE:
+            raise JointphotError(f"{label}: its {found[0]} keywords give non-square pixels ({scales[0]:.6g} x "
+                                 f"{scales[1]:.6g}\"): resample the PSF to square pixels, or set {scale_key} "
+                                 f"to use one scale for both axes")
+        return math.sqrt(scales[0] * scales[1]), f"the {found[0]} keywords"
     if "PIXSCALE" in header:
-        return abs(float(header["PIXSCALE"]))
-    if "CD1_1" in header or "CD2_2" in header:
-        cd = [[float(header.get(f"CD{i}_{j}", 0.0)) for j in (1, 2)] for i in (1, 2)]
-        det = abs(np.linalg.det(cd))
-        return math.sqrt(det) * 3600.0 if det > 0 else None
-    if "CDELT1" in header and "CDELT2" in header:
-        value = math.sqrt(abs(float(header["CDELT1"]) * float(header["CDELT2"]))) * 3600.0
-        return value if value > 0 else None
-    return None
+        try:
+            return abs(float(header["PIXSCALE"])), "PIXSCALE"
+        except (TypeError, ValueError):
+            raise JointphotError(f"{label}: PIXSCALE = {header['PIXSCALE']!r} is not a number: "
+                                 f"set {scale_key} to the PSF file's pixel scale") from None
+    return None, None
 
 
 def _centroid(image):

@@ -1,7 +1,7 @@
 """QA pictures: what a run did, to look at rather than read.
 
 Per tile, ``<workdir>/qa/tile_NNNN.png``: HR and LR data / model / residual, the detections
-marked (circles: point sources, squares: galaxies, red: flagged; dashed box: the tile's core).
+marked (one marker per model type, orange: flagged; dashed box: the tile's core).
 For the run, ``<workdir>/qa/summary.png`` and ``summary.html``: the tile map coloured by status
 (ok / failed / missing), LR vs HR magnitude, flux error vs magnitude, and per-tile residual
 statistics (median and robust sigma of residual / noise); the HTML page adds a table of the
@@ -33,6 +33,8 @@ log = logging.getLogger("jointphot.qa")
 OUTLIER_CHI = 5.0
 #: Tile status colours of the tile map.
 STATUS_COLOURS = {"ok": "#4daf4a", "failed": "#e41a1c", "missing": "#bdbdbd"}
+#: Marker of each model type (catalogue `type`) on the tile pictures.
+TYPE_MARKERS = {"psf": "o", "rex": "D", "exp": "s", "dev": "^", "ser": "p"}
 
 
 def require_matplotlib():
@@ -240,6 +242,7 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     """tile_NNNN.png: HR and LR data / model / residual with the detections and the core marked."""
     require_matplotlib()
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Polygon
     from astropy.wcs import WCS
     import warnings
@@ -256,7 +259,8 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     hh = im["hr"]["header"]
     x0, y0 = hh.get("JP_X0", 0), hh.get("JP_Y0", 0)
     flagged = (np.asarray(table["flags"]) != 0) if len(table) else np.zeros(0, bool)
-    is_point = (np.asarray(table["type"]).astype(str) == "psf") if len(table) else np.zeros(0, bool)
+    types = np.asarray(table["type"]).astype(str) if len(table) else np.zeros(0, str)
+    is_point = types == "psf"
     lx, ly = _lr_positions(plan, table, im["lr"]["header"])
     hx = np.asarray(table["x"], float) if len(table) else np.zeros(0)
     hy = np.asarray(table["y"], float) if len(table) else np.zeros(0)
@@ -286,12 +290,17 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
                 ax.imshow(overlay, origin="lower", interpolation="nearest")
             ax.add_patch(Polygon(core_xy, closed=True, fill=False, ls="--", lw=1.0, ec="#7570b3"))
             if len(xs):
-                for sel, marker in ((is_point, "o"), (~is_point, "s")):
+                for kind, marker in TYPE_MARKERS.items():
                     for fl, colour in ((False, "#1b9e77"), (True, "#d95f02")):
-                        m = sel & (flagged == fl)
+                        m = (types == kind) & (flagged == fl)
                         if m.any():
                             ax.scatter(xs[m], ys[m], s=90, marker=marker, facecolors="none", edgecolors=colour,
                                        linewidths=1.0)
+                if name == "data":
+                    ax.legend(handles=[Line2D([], [], ls="", marker=mk, mfc="none", mec="#1b9e77", label=k)
+                                       for k, mk in TYPE_MARKERS.items()]
+                              + [Line2D([], [], ls="", marker="o", mfc="none", mec="#d95f02", label="flagged")],
+                              loc="upper right", fontsize=7, ncol=3, framealpha=0.6)
             ny, nx = np.shape(arr)
             ax.set_xlim(-0.5, nx - 0.5)
             ax.set_ylim(-0.5, ny - 0.5)
@@ -305,10 +314,11 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
             ax.tick_params(labelsize=7)
     status = read_status(plan, tile_id)
     in_core = int(np.sum(np.asarray(table["in_core"]))) if len(table) else 0
-    fig.suptitle(f"tile {tile_id}: {len(table)} sources fitted, {in_core} in its core ({int(is_point.sum())} point, "
-                 f"{int((~is_point).sum())} galaxies, {int(flagged.sum())} flagged)"
+    by_type = ", ".join(f"{int(np.sum(types == k))} {k}" for k in TYPE_MARKERS)
+    fig.suptitle(f"tile {tile_id}: {len(table)} sources fitted, {in_core} in its core ({by_type}; "
+                 f"{int(flagged.sum())} flagged)"
                  + (f", {status['seconds']:.0f} s" if status else "")
-                 + "\ncircles: point sources, squares: galaxies; green: unflagged, orange: flagged; "
+                 + "\nmarkers: model type (legend); green: unflagged, orange: flagged; "
                    "dashed: the tile's core; yellow: ignored pixels (masked, no data)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path)

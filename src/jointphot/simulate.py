@@ -4,6 +4,11 @@ GalSim (not jointphot's own renderer) draws every source, pixel-convolved (metho
 a stamp that holds all but < 1e-3 of its flux.  Sources sit at reference-frame (RA, Dec); on
 each image they are drawn at :func:`jointphot.conventions.reference_to_image` of that
 image's astrometric offset.  The output is bitwise reproducible for a given seed.
+
+Options that break the fitter's assumptions (all off by default; the default field is unchanged):
+truncated or composite (bulge + disc + knots, colour gradient) galaxies, correlated HR noise
+(ACS F814W drizzle), warped (correlated) LR noise, source shot noise, and PSF files that hold
+only part of the PSF's light.  A field made with any of them records them in the truth header.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 from scipy.special import gammaincinv
 
@@ -31,21 +37,45 @@ LR_MASK_PLANES = {"BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED"
 ISOLATION_RADIUS = 2.0   # arcsec: a source is isolated when no other source is closer
 LR_MARGIN = 3.5          # arcsec of LR coverage beyond the HR field on every side
 STAR_FRACTION = 0.15
+STAR_MAGS = (19.5, 25.5)     # HR AB magnitudes of the stars, uniform
+GALAXY_MAGS = (20.5, 26.5)   # HR AB magnitudes of the galaxies, uniform
 MAIN_DENSITY = 0.075     # unblended sources per arcsec^2, kept >= MIN_SEPARATION apart
 MIN_SEPARATION = 2.5     # arcsec
 PAIR_DENSITY = 0.006     # deliberate blends (pairs 0.3-1" apart) per arcsec^2
 FLUX_LOSS = 3e-4         # Sersic light allowed outside a stamp (the PSF pad keeps the total < 1e-3)
+GALAXY_MODELS = ("sersic", "truncated", "composite")
+HR_NOISE_MODELS = ("white", "cosmos")
+LR_NOISE_MODELS = ("white", "warped")
+TRUNCATION = 8.0         # truncated Sersic profiles end at TRUNCATION half-light radii (semi-major)
+TRUNCATE_MIN_N = 1.5     # --galaxies truncated: only profiles with n > TRUNCATE_MIN_N are truncated
+#: --poisson: electrons per image count.  HR counts are e-/s (ACS drizzle) of a one-orbit 2028 s
+#: exposure; LR counts (zeropoint 27) are taken as e-/s of a 1200 s coadd.
+ELECTRONS_PER_COUNT = {"hr": 2028.0, "lr": 1200.0}
+WARP_SHIFT = (0.3, 0.7)  # px: range of the sub-pixel shift of the Lanczos-3 warp kernel (--lr-noise warped)
 
 
 def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.0), lr_offset_mas=(-45.0, 30.0),
                    lr_rotation_deg=1.0, hr_fwhm_arcsec=0.10, lr_fwhm_arcsec=0.6, lr_moffat_beta=3.0,
-                   hr_depth_mag=27.5, lr_depth_mag=25.7):
+                   hr_depth_mag=27.5, lr_depth_mag=25.7, galaxies="truncated", hr_noise="white", lr_noise="white",
+                   poisson=False, psf_light_fraction=(1.0, 1.0), star_fraction=STAR_FRACTION, star_mags=STAR_MAGS,
+                   galaxy_mags=GALAXY_MAGS):
     """Simulate a square HR field of `size_arcsec` (arcsec) and its LR counterpart into `outdir`.
 
     hr/lr_offset_mas: astrometric offset (dRA cos dec, dDec) of each image, image - reference, mas.
     lr_rotation_deg: rotation of the LR pixel grid with respect to north-up (deg).
     hr_fwhm_arcsec: FWHM of the Gaussian HR PSF; lr_fwhm_arcsec, lr_moffat_beta: the Moffat LR PSF.
     hr/lr_depth_mag: 5-sigma matched-filter point-source depth (AB mag), sets the pixel noise.
+    galaxies: 'truncated' (default; n > TRUNCATE_MIN_N cut at TRUNCATION r_e of the untruncated profile,
+    jointphot's convention), 'sersic' (single untruncated Sersic)
+    or 'composite' (truncated de Vaucouleurs bulge + exponential disc + knots for
+    half of them, each with its own LR/HR flux ratio).
+    hr_noise: 'white' or 'cosmos' (the correlation of ACS F814W drizzled noise; the weight map stays the
+    per-pixel inverse variance).  lr_noise: 'white' or 'warped' (white noise through a Lanczos-3 warp
+    kernel; VARIANCE stays the per-pixel variance).  poisson: add source shot noise
+    (ELECTRONS_PER_COUNT; included in VARIANCE, not in the HR weight map, as in HSC and drizzle products).
+    psf_light_fraction: (HR, LR) fraction of the PSF's light kept in the written PSF files (cut at a
+    radius, renormalised to unit sum); the images are drawn with the whole PSF.
+    star_fraction, star_mags, galaxy_mags: fraction of stars; (min, max) HR AB magnitudes, uniform.
     Returns {name: path} of the files written (hr, hr_wht, lr, psf files, astrometry files,
     truth, job, job_seed).
     """
@@ -53,6 +83,14 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
 
     if not size_arcsec >= 5.0:
         raise JointphotError(f"simulate: size_arcsec must be >= 5, got {size_arcsec}")
+    for name, value, allowed in (("galaxies", galaxies, GALAXY_MODELS), ("hr_noise", hr_noise, HR_NOISE_MODELS),
+                                 ("lr_noise", lr_noise, LR_NOISE_MODELS)):
+        if value not in allowed:
+            raise JointphotError(f"simulate: {name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not all(0.0 < f <= 1.0 for f in psf_light_fraction):
+        raise JointphotError(f"simulate: psf_light_fraction must be in (0, 1], got {psf_light_fraction}")
+    if not 0.0 <= star_fraction <= 1.0:
+        raise JointphotError(f"simulate: star_fraction must be in [0, 1], got {star_fraction}")
     os.makedirs(outdir, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = {name: os.path.join(outdir, fname) for name, fname in (
@@ -63,8 +101,9 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
 
     hr_psf = galsim.Gaussian(fwhm=hr_fwhm_arcsec)
     lr_psf = galsim.Moffat(beta=lr_moffat_beta, fwhm=lr_fwhm_arcsec)
-    hr_epsf = _write_psf_files(galsim, hr_psf, HR_SCALE, hr_fwhm_arcsec, paths["hr_psf"], paths["hr_psfex"],
-                               polnames=["MAG_AUTO"], polzero=[23.0], polscal=[3.0], poldeg=1)
+    hr_epsf, hr_psf_kept = _write_psf_files(galsim, hr_psf, HR_SCALE, hr_fwhm_arcsec, paths["hr_psf"],
+                                            paths["hr_psfex"], light_fraction=psf_light_fraction[0],
+                                            polnames=["MAG_AUTO"], polzero=[23.0], polscal=[3.0], poldeg=1)
 
     # --- geometry -------------------------------------------------------------------------
     n_hr = int(round(size_arcsec / HR_SCALE))
@@ -72,9 +111,10 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     theta = math.radians(lr_rotation_deg)
     n_lr = int(math.ceil((size_arcsec * (abs(math.cos(theta)) + abs(math.sin(theta))) + 2 * LR_MARGIN) / LR_SCALE)) + 1
     lr_wcs = _tan_wcs(n_lr, n_lr, LR_SCALE, lr_rotation_deg, ((n_lr + 1) / 2.0 + 0.37, (n_lr + 1) / 2.0 - 0.21))
-    lr_epsf = _write_psf_files(galsim, lr_psf, LR_SCALE, lr_fwhm_arcsec, paths["lr_psf"], paths["lr_psfex"],
-                               polnames=["X_IMAGE", "Y_IMAGE"], polzero=[(n_lr + 1) / 2.0] * 2,
-                               polscal=[float(n_lr)] * 2, poldeg=2)
+    lr_epsf, lr_psf_kept = _write_psf_files(galsim, lr_psf, LR_SCALE, lr_fwhm_arcsec, paths["lr_psf"],
+                                            paths["lr_psfex"], light_fraction=psf_light_fraction[1],
+                                            polnames=["X_IMAGE", "Y_IMAGE"], polzero=[(n_lr + 1) / 2.0] * 2,
+                                            polscal=[float(n_lr)] * 2, poldeg=2)
 
     # --- noise levels from the depths ------------------------------------------------------
     hr_sigma0 = _sigma_for_depth(hr_depth_mag, HR_ZP, hr_epsf)
@@ -83,14 +123,14 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     hr_sigma = hr_sigma0 * (1.0 + 0.15 * np.cos(2 * np.pi * xx) * np.cos(np.pi * yy))
 
     # --- sources ---------------------------------------------------------------------------
-    src = _make_sources(rng, size_arcsec)
+    src = _make_sources(rng, size_arcsec, star_fraction=star_fraction, star_mags=star_mags,
+                        galaxy_mags=galaxy_mags, galaxies=galaxies)
     nsrc = len(src["x_arcsec"])
     ra_img, dec_img = hr_wcs.wcs_pix2world(src["x_arcsec"] / HR_SCALE, src["y_arcsec"] / HR_SCALE, 0)
     ra, dec = conventions.image_to_reference(ra_img, dec_img, hr_offset_mas)
     x_hr, y_hr = hr_wcs.wcs_world2pix(*conventions.reference_to_image(ra, dec, hr_offset_mas), 0)
     x_lr, y_lr = lr_wcs.wcs_world2pix(*conventions.reference_to_image(ra, dec, lr_offset_mas), 0)
-    hr_flux = 10.0 ** (-0.4 * (src["hr_mag"] - HR_ZP))
-    lr_flux = 10.0 ** (-0.4 * (src["lr_mag"] - LR_ZP))
+    hr_flux, lr_flux = src["hr_flux"], src["lr_flux"]
 
     # --- LR defects (decided before drawing: the S/N uses the unmasked pixels only) ---------
     bits = {name: 1 << bit for name, bit in LR_MASK_PLANES.items()}
@@ -119,20 +159,18 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     lr_masked = np.zeros(nsrc)
     for i in range(nsrc):
         if src["kind"][i] == "point":
-            profile, radius = galsim.DeltaFunction(), 0.0
+            hr_profile = lr_profile = galsim.DeltaFunction()
+            radius = 0.0
         else:
-            n, re, ab = src["sersic_n"][i], src["re_arcsec"][i], src["ab"][i]
-            profile = galsim.Sersic(n=n, half_light_radius=re * math.sqrt(ab)).shear(
-                q=ab, beta=(90.0 + src["pa_deg"][i]) * galsim.degrees)
-            radius = re * (gammaincinv(2 * n, 1.0 - FLUX_LOSS) / gammaincinv(2 * n, 0.5)) ** n
-        stamp = _draw(galsim, profile, hr_psf, hr_flux[i], hr_jac, hr_img, x_hr[i], y_hr[i],
+            hr_profile, lr_profile, radius = galaxy_profiles(galsim, {k: v[i] for k, v in src.items()})
+        stamp = _draw(galsim, hr_profile, hr_psf, hr_flux[i], hr_jac, hr_img, x_hr[i], y_hr[i],
                       radius + 6 * hr_fwhm_arcsec, HR_SCALE)
         if stamp is not None:
             b = stamp.bounds
             hr_img[b] += stamp
             var = hr_sigma[b.ymin - 1:b.ymax, b.xmin - 1:b.xmax] ** 2
             hr_snr[i] = math.sqrt(np.sum(stamp.array.astype(float) ** 2 / var))
-        stamp = _draw(galsim, profile, lr_psf, lr_flux[i], lr_jac, lr_img, x_lr[i], y_lr[i],
+        stamp = _draw(galsim, lr_profile, lr_psf, lr_flux[i], lr_jac, lr_img, x_lr[i], y_lr[i],
                       radius + 5 * lr_fwhm_arcsec, LR_SCALE)
         if stamp is not None:
             b = stamp.bounds
@@ -142,11 +180,24 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
             lr_masked[i] = np.sum(stamp.array * ~lr_valid[cut]) / lr_flux[i]
 
     # --- noise, defects, files -------------------------------------------------------------
-    hr_data = (hr_img.array + rng.standard_normal((n_hr, n_hr)) * hr_sigma).astype(np.float32)
+    hr_unit = cosmos_noise(galsim, (n_hr, n_hr), rng) if hr_noise == "cosmos" else rng.standard_normal((n_hr, n_hr))
+    hr_data = hr_img.array + hr_unit * hr_sigma
+    if poisson:
+        hr_data += shot_noise(hr_img.array, ELECTRONS_PER_COUNT["hr"], rng)
+    hr_data = hr_data.astype(np.float32)
     lr_model = lr_img.array
     mask[lr_model > 2.0 * lr_sigma] |= bits["DETECTED"]
-    lr_data = lr_model + rng.standard_normal((n_lr, n_lr)) * lr_sigma
+    if lr_noise == "warped":
+        lr_shift = rng.uniform(*WARP_SHIFT, 2)
+        lr_kernel = warp_kernel(*lr_shift)
+        lr_unit = fftconvolve(rng.standard_normal((n_lr + lr_kernel.shape[0] - 1,) * 2), lr_kernel, mode="valid")
+    else:
+        lr_unit = rng.standard_normal((n_lr, n_lr))
+    lr_data = lr_model + lr_unit * lr_sigma
     variance = np.full((n_lr, n_lr), lr_sigma ** 2)
+    if poisson:
+        lr_data += shot_noise(lr_model, ELECTRONS_PER_COUNT["lr"], rng)
+        variance += np.clip(lr_model, 0.0, None) / ELECTRONS_PER_COUNT["lr"]
     lr_data[:, bad_col] = rng.normal(0.0, 50.0 * lr_sigma, n_lr)
     lr_data[sat] = 6.5e4 + rng.uniform(-3e4, 3e4, int(sat.sum()))
     nodata = (mask & bits["NO_DATA"]) != 0
@@ -179,7 +230,38 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
             "LR_SIG": (lr_sigma, "[count] LR pixel noise sigma"),
             "LR_ROT": (lr_rotation_deg, "[deg] rotation of the LR pixel grid"),
             "ISO_RAD": (ISOLATION_RADIUS, "[arcsec] isolation radius of column isolated")}
-    _write_truth(paths["truth"], meta, [
+    options = (galaxies, hr_noise, lr_noise, poisson, tuple(psf_light_fraction), star_fraction, tuple(star_mags),
+               tuple(galaxy_mags))
+    if options != ("sersic", "white", "white", False, (1.0, 1.0), STAR_FRACTION, STAR_MAGS, GALAXY_MAGS):
+        hr_correlation = cosmos_correlation(galsim) if hr_noise == "cosmos" else (0.0, 1.0)
+        meta.update({
+            "GALAXIES": (galaxies, "galaxy model: sersic, truncated or composite"),
+            "TRUNC": (TRUNCATION, "[r_e] truncation radius of truncated profiles"),
+            "STARFRAC": (star_fraction, "fraction of stars"),
+            "STARMAG1": (star_mags[0], "[mag] brightest HR mag of the stars"),
+            "STARMAG2": (star_mags[1], "[mag] faintest HR mag of the stars"),
+            "GALMAG1": (galaxy_mags[0], "[mag] brightest HR mag of the galaxies"),
+            "GALMAG2": (galaxy_mags[1], "[mag] faintest HR mag of the galaxies"),
+            "HR_NOISE": (hr_noise, "HR noise: white or cosmos (correlated)"),
+            "HR_NCORR": (hr_correlation[0], "HR noise x-adjacent correlation"),
+            "HR_NVF": (hr_correlation[1], "HR sum of noise correlations (1 = white)"),
+            "LR_NOISE": (lr_noise, "LR noise: white or warped (correlated)")})
+        if lr_noise == "warped":
+            meta.update({
+                "LR_WARPX": (float(lr_shift[0]), "[px] x shift of the Lanczos-3 warp kernel"),
+                "LR_WARPY": (float(lr_shift[1]), "[px] y shift of the Lanczos-3 warp kernel"),
+                "LR_NCORR": (float(np.sum(lr_kernel[:, 1:] * lr_kernel[:, :-1])), "LR noise x-adjacent correlation"),
+                "LR_NVF": (float(lr_kernel.sum() ** 2), "LR sum of noise correlations (1 = white)")})
+        else:
+            meta.update({"LR_NCORR": (0.0, "LR noise x-adjacent correlation"),
+                         "LR_NVF": (1.0, "LR sum of noise correlations (1 = white)")})
+        meta.update({
+            "POISSON": (poisson, "source shot noise added"),
+            "HR_GAIN": (ELECTRONS_PER_COUNT["hr"] if poisson else 0.0, "[e-/count] HR shot noise (0 = none)"),
+            "LR_GAIN": (ELECTRONS_PER_COUNT["lr"] if poisson else 0.0, "[e-/count] LR shot noise (0 = none)"),
+            "HR_PSFLF": (hr_psf_kept[0], "fraction of the HR PSF light in hr_psf.fits"),
+            "LR_PSFLF": (lr_psf_kept[1], "fraction of the LR PSF light in lr_psf.psf")})
+    columns = [
         ("id", np.arange(1, nsrc + 1, dtype=np.int32), None, "source number"),
         ("ra", ra, "deg", "RA, reference frame"),
         ("dec", dec, "deg", "Dec, reference frame"),
@@ -202,7 +284,11 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         ("x_lr", x_lr, "pix", "0-based x on lr.fits IMAGE (offset applied)"),
         ("y_lr", y_lr, "pix", "0-based y on lr.fits IMAGE (offset applied)"),
         ("lr_masked_frac", lr_masked, None, "fraction of the LR flux on BAD/SAT/NO_DATA pixels"),
-    ])
+    ]
+    if galaxies != "sersic":
+        columns += [(name, src[name], unit, comment) for name, unit, comment in COMPONENT_COLUMNS
+                    if galaxies == "composite" or name == "trunc_arcsec"]
+    _write_truth(paths["truth"], meta, columns)
     _write_jobs(paths)
     return paths
 
@@ -262,28 +348,65 @@ def _sigma_for_depth(depth_mag, zp, epsf):
     return 10.0 ** (-0.4 * (depth_mag - zp)) * math.sqrt(np.sum(epsf ** 2)) / 5.0
 
 
-def _write_psf_files(galsim, psf, scale, fwhm, fits_path, psfex_path, *, polnames, polzero, polscal, poldeg):
-    """Write the ePSF image (odd, unit sum) and a PSFEx model with PSF_SAMP 0.5; return the ePSF."""
+def _write_psf_files(galsim, psf, scale, fwhm, fits_path, psfex_path, *, light_fraction, polnames, polzero,
+                     polscal, poldeg):
+    """Write the ePSF image (odd, unit sum) and a PSFEx model with PSF_SAMP 0.5.
+
+    With light_fraction < 1 both are cut at the pixel-centre radius whose enclosed light is nearest to
+    that fraction of the PSF's (then renormalised to unit sum), as a PSF model with a finite stamp.
+    Returns the whole ePSF (unit sum) and the fraction of the PSF's total light in (the FITS image,
+    the PSFEx model).
+    """
     half = int(math.ceil(6.0 * fwhm / scale)) + 2
     epsf = psf.drawImage(nx=2 * half + 1, ny=2 * half + 1, scale=scale, method="auto").array.astype(float)
+    written = epsf.copy()
     epsf /= epsf.sum()
-    header = fits.Header()
-    header["PIXSCALE"] = (scale, "[arcsec/px] pixel scale of the PSF image")
-    header["PSF_FWHM"] = (fwhm, "[arcsec] FWHM of the true PSF")
-    fits.PrimaryHDU(epsf.astype(np.float32), header=header).writeto(fits_path, overwrite=True)
     samp = 0.5
     fine = galsim.Convolve(psf, galsim.Pixel(scale)).drawImage(
         nx=4 * half + 1, ny=4 * half + 1, scale=scale * samp, method="no_pixel").array
+    kept = (1.0, 1.0)
+    if light_fraction < 1.0:
+        radius = _light_radius(written, scale, light_fraction)
+        written = _cut(written, scale, radius)
+        fine = _cut(fine, scale * samp, radius)
+        kept = (float(written.sum()), float(fine.sum()))
+    written /= written.sum()
+    header = fits.Header()
+    header["PIXSCALE"] = (scale, "[arcsec/px] pixel scale of the PSF image")
+    header["PSF_FWHM"] = (fwhm, "[arcsec] FWHM of the true PSF")
+    fits.PrimaryHDU(written.astype(np.float32), header=header).writeto(fits_path, overwrite=True)
     fine /= fine.sum() * samp ** 2
     planes = np.zeros((len(psfex_exponents([0] * len(polnames), [poldeg])),) + fine.shape)
     planes[0] = fine
     write_psfex(psfex_path, planes, psf_samp=samp, polnames=polnames, polzero=polzero, polscal=polscal,
                 poldeg=poldeg, fwhm_pix=fwhm / scale)
-    return epsf
+    return epsf, kept
 
 
-def _make_sources(rng, size):
-    """Positions (arcsec from the HR pixel-(0,0) centre), kinds, magnitudes and shapes."""
+def _centre_distance(shape, scale):
+    """Distance (arcsec) of each pixel centre from the centre of an odd-sized image of `scale` arcsec/px."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return np.hypot(xx - (shape[1] - 1) / 2.0, yy - (shape[0] - 1) / 2.0) * scale
+
+
+def _light_radius(image, scale, fraction):
+    """The pixel-centre radius (arcsec) within which a unit-flux `image` holds the nearest to `fraction`."""
+    distance = _centre_distance(image.shape, scale).ravel()
+    order = np.argsort(distance, kind="stable")
+    r, enclosed = distance[order], np.cumsum(image.ravel()[order])
+    ring_ends = np.r_[np.flatnonzero(np.diff(r) > 0), r.size - 1]
+    return float(r[ring_ends[np.argmin(np.abs(enclosed[ring_ends] - fraction))]])
+
+
+def _cut(image, scale, radius):
+    """`image` with the pixels whose centres lie beyond `radius` (arcsec) set to zero."""
+    return np.where(_centre_distance(image.shape, scale) <= radius, image, 0.0)
+
+
+def _make_sources(rng, size, *, star_fraction=STAR_FRACTION, star_mags=STAR_MAGS, galaxy_mags=GALAXY_MAGS,
+                  galaxies="sersic"):
+    """Positions (arcsec from the HR pixel-(0,0) centre), kinds, magnitudes, fluxes (counts) and shapes:
+    {truth column name: array}."""
     lo, hi = 0.3, size - 0.3
     n_main = int(round(MAIN_DENSITY * size * size))
     pts = np.empty((0, 2))
@@ -305,17 +428,143 @@ def _make_sources(rng, size):
         pts = np.vstack([pts, companions])
         pair_id = np.concatenate([pair_id, np.arange(1, len(companions) + 1, dtype=np.int32)])
     n = len(pts)
-    point = rng.uniform(size=n) < STAR_FRACTION
-    hr_mag = np.where(point, rng.uniform(19.5, 25.5, n), rng.uniform(20.5, 26.5, n))
+    point = rng.uniform(size=n) < star_fraction
+    hr_mag = np.where(point, rng.uniform(*star_mags, n), rng.uniform(*galaxy_mags, n))
     lr_mag = hr_mag + np.clip(rng.normal(0.0, 0.3, n), -0.8, 0.8)
     sersic_n = rng.uniform(0.7, 4.0, n)
     re = np.exp(rng.uniform(np.log(0.05), np.log(0.6), n))
     ab = rng.uniform(0.3, 1.0, n)
     pa = rng.uniform(0.0, 180.0, n)
-    return {"x_arcsec": pts[:, 0], "y_arcsec": pts[:, 1], "kind": np.where(point, "point", "sersic"),
-            "hr_mag": hr_mag, "lr_mag": lr_mag, "pair_id": pair_id,
-            "sersic_n": np.where(point, np.nan, sersic_n), "re_arcsec": np.where(point, 0.0, re),
-            "ab": np.where(point, 1.0, ab), "pa_deg": np.where(point, 0.0, pa)}
+    src = {"x_arcsec": pts[:, 0], "y_arcsec": pts[:, 1], "kind": np.where(point, "point", "sersic"),
+           "hr_mag": hr_mag, "lr_mag": lr_mag, "pair_id": pair_id,
+           "hr_flux": 10.0 ** (-0.4 * (hr_mag - HR_ZP)), "lr_flux": 10.0 ** (-0.4 * (lr_mag - LR_ZP)),
+           "sersic_n": np.where(point, np.nan, sersic_n), "re_arcsec": np.where(point, 0.0, re),
+           "ab": np.where(point, 1.0, ab), "pa_deg": np.where(point, 0.0, pa),
+           "trunc_arcsec": np.where(~point & (sersic_n > TRUNCATE_MIN_N), TRUNCATION * re, 0.0)
+           if galaxies == "truncated" else np.zeros(n)}
+    if galaxies == "composite":
+        src.update(_composite_components(rng, src))
+    return src
+
+
+#: Truth columns of --galaxies truncated (trunc_arcsec only) and composite (all).
+COMPONENT_COLUMNS = [
+    ("trunc_arcsec", "arcsec", "truncation semi-major radius of the Sersic or bulge profile (0 = none)"),
+    ("bulge_frac_hr", None, "HR flux fraction of the bulge"),
+    ("knot_frac_hr", None, "HR flux fraction of the knots (the disc has the rest)"),
+    ("bulge_lr_hr", None, "LR/HR flux ratio (counts/counts) of the bulge"),
+    ("disc_lr_hr", None, "LR/HR flux ratio (counts/counts) of the disc"),
+    ("knot_lr_hr", None, "LR/HR flux ratio (counts/counts) of the knots"),
+    ("bulge_re_arcsec", "arcsec", "bulge half-light semi-major axis"),
+    ("bulge_ab", None, "bulge axis ratio b/a"),
+    ("bulge_pa_deg", "deg", "bulge major-axis position angle, east of north"),
+    ("n_knots", None, "number of knots (0 = none)"),
+    ("knot_seed", None, "GalSim seed of the knot positions"),
+]
+
+
+def _composite_components(rng, src):
+    """Bulge/disc/knot parameters of every galaxy of `src` (drawn after its other draws), and the
+    composite galaxies' kind ('composite'), sersic_n (NaN) and LR fluxes/mags.
+
+    The drawn shape and colour (re_arcsec, ab, pa_deg; lr_flux / hr_flux) become the disc's; the
+    bulge is redder (LR/HR ratio 10**(-0.4 U(0.1, 0.6)) times the disc's), the knots bluer
+    (10**(0.4 U(0.3, 1.0))).  Truth lr_flux = hr_flux * sum(HR fraction * LR/HR ratio) over components.
+    """
+    n = len(src["hr_mag"])
+    gal = src["kind"] != "point"
+    bulge_frac = np.where(gal, rng.uniform(0.1, 0.7, n), 0.0)
+    knotty = gal & (rng.uniform(size=n) < 0.5)
+    knot_frac = np.where(knotty, rng.uniform(0.05, 0.25, n), 0.0)
+    n_knots = np.where(knotty, rng.integers(10, 41, n), 0).astype(np.int32)
+    knot_seed = np.where(knotty, rng.integers(1, 2 ** 31 - 1, n), 0).astype(np.int32)
+    bulge_re = np.where(gal, src["re_arcsec"] * rng.uniform(0.15, 0.5, n), 0.0)
+    bulge_ab = np.where(gal, rng.uniform(0.6, 1.0, n), 1.0)
+    bulge_pa = np.where(gal, (src["pa_deg"] + rng.normal(0.0, 10.0, n)) % 180.0, 0.0)
+    disc_ratio = src["lr_flux"] / src["hr_flux"]
+    bulge_ratio = disc_ratio * 10.0 ** (-0.4 * rng.uniform(0.1, 0.6, n))
+    knot_ratio = disc_ratio * 10.0 ** (0.4 * rng.uniform(0.3, 1.0, n))
+    lr_flux = np.where(gal, src["hr_flux"] * (bulge_frac * bulge_ratio + (1.0 - bulge_frac - knot_frac) * disc_ratio
+                                              + knot_frac * knot_ratio), src["lr_flux"])
+    return {"kind": np.where(gal, "composite", "point"), "sersic_n": np.full(n, np.nan),
+            "lr_flux": lr_flux, "lr_mag": np.where(gal, LR_ZP - 2.5 * np.log10(lr_flux), src["lr_mag"]),
+            "trunc_arcsec": TRUNCATION * bulge_re, "bulge_frac_hr": bulge_frac, "knot_frac_hr": knot_frac,
+            "bulge_lr_hr": np.where(gal, bulge_ratio, disc_ratio), "disc_lr_hr": disc_ratio,
+            "knot_lr_hr": np.where(knotty, knot_ratio, disc_ratio), "bulge_re_arcsec": bulge_re,
+            "bulge_ab": bulge_ab, "bulge_pa_deg": bulge_pa, "n_knots": n_knots, "knot_seed": knot_seed}
+
+
+def galaxy_profiles(galsim, source):
+    """Unit-flux GalSim profiles (HR, LR) of one galaxy and the semi-major radius (arcsec) holding all
+    but FLUX_LOSS of its light.  `source`: {truth column name: value} of one row (no trunc_arcsec = 0)."""
+    if source["kind"] == "composite":
+        return _composite_profiles(galsim, source)
+    n, re, ab = source["sersic_n"], source["re_arcsec"], source["ab"]
+    beta = (90.0 + source["pa_deg"]) * galsim.degrees
+    trunc = source.get("trunc_arcsec", 0.0)
+    if trunc > 0.0:   # r_e of the untruncated profile (the Tractor's and jointphot's); flux: the truncated total
+        profile = galsim.Sersic(n=n, half_light_radius=re * math.sqrt(ab), trunc=trunc * math.sqrt(ab),
+                                flux_untruncated=True).shear(q=ab, beta=beta)
+        return profile, profile, trunc
+    profile = galsim.Sersic(n=n, half_light_radius=re * math.sqrt(ab)).shear(q=ab, beta=beta)
+    return profile, profile, re * (gammaincinv(2 * n, 1.0 - FLUX_LOSS) / gammaincinv(2 * n, 0.5)) ** n
+
+
+def _composite_profiles(galsim, source):
+    """galaxy_profiles of a composite: truncated de Vaucouleurs bulge + exponential disc (+ knots
+    following the disc), weighted by their HR flux fractions (HR) or fraction x LR/HR ratio (LR)."""
+    re, ab = source["re_arcsec"], source["ab"]
+    disc_beta = (90.0 + source["pa_deg"]) * galsim.degrees
+    bulge_ab = source["bulge_ab"]
+    bulge = galsim.DeVaucouleurs(half_light_radius=source["bulge_re_arcsec"] * math.sqrt(bulge_ab),
+                                 trunc=source["trunc_arcsec"] * math.sqrt(bulge_ab), flux_untruncated=True)
+    disc = galsim.Exponential(half_light_radius=re * math.sqrt(ab))
+    bulge_frac, knot_frac = source["bulge_frac_hr"], source["knot_frac_hr"]
+    parts = [(bulge.shear(q=bulge_ab, beta=(90.0 + source["bulge_pa_deg"]) * galsim.degrees), bulge_frac,
+              source["bulge_lr_hr"]),
+             (disc.shear(q=ab, beta=disc_beta), 1.0 - bulge_frac - knot_frac, source["disc_lr_hr"])]
+    radius = max(source["trunc_arcsec"], re * gammaincinv(2, 1.0 - FLUX_LOSS) / gammaincinv(2, 0.5))
+    if source["n_knots"] > 0:
+        knots = galsim.RandomKnots(int(source["n_knots"]), profile=disc,
+                                   rng=galsim.BaseDeviate(int(source["knot_seed"])))
+        radius = max(radius, float(np.hypot(*knots.points.T).max()) / math.sqrt(ab))
+        parts.append((knots.shear(q=ab, beta=disc_beta), knot_frac, source["knot_lr_hr"]))
+    lr_total = sum(frac * ratio for _, frac, ratio in parts)
+    hr = galsim.Add([p.withFlux(frac) for p, frac, _ in parts])
+    lr = galsim.Add([p.withFlux(frac * ratio / lr_total) for p, frac, ratio in parts])
+    return hr, lr, radius
+
+
+def shot_noise(model, electrons_per_count, rng):
+    """Gaussian source shot noise (counts) of a noise-free `model` (counts, negatives as 0)."""
+    return rng.standard_normal(model.shape) * np.sqrt(np.clip(model, 0.0, None) / electrons_per_count)
+
+
+def cosmos_noise(galsim, shape, rng):
+    """Unit-variance noise of `shape` with the correlation of ACS F814W drizzled images at 0.03"/px
+    (GalSim's COSMOS noise, which is sampled at HR_SCALE)."""
+    noise = galsim.getCOSMOSNoise(rng=galsim.BaseDeviate(int(rng.integers(1, 2 ** 31 - 1)))).withVariance(1.0)
+    image = galsim.ImageD(shape[1], shape[0], scale=HR_SCALE)
+    image.addNoise(noise)
+    return image.array
+
+
+def cosmos_correlation(galsim):
+    """(x-adjacent correlation, sum of all correlations) of the COSMOS noise at HR_SCALE: the second is the
+    variance of a large aperture's sum over that of white noise with the same per-pixel variance."""
+    cf = galsim.getCOSMOSNoise().withVariance(1.0).drawImage(galsim.ImageD(401, 401, scale=HR_SCALE)).array
+    return float(cf[200, 201]), float(cf.sum())
+
+
+def warp_kernel(dx, dy):
+    """6x6 separable Lanczos-3 interpolation kernel for a sub-pixel shift (dx, dy) px, scaled so that
+    white noise convolved with it keeps its per-pixel variance (sum of squares 1)."""
+    def weights(shift):
+        x = np.arange(-2, 4) - shift
+        w = np.sinc(x) * np.sinc(x / 3.0)
+        return w / w.sum()
+    kernel = np.outer(weights(dy), weights(dx))
+    return kernel / math.sqrt(np.sum(kernel ** 2))
 
 
 def _nearest_distance(x, y):

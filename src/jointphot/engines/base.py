@@ -14,16 +14,22 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-#: Model kinds every engine must support.  'exp' and 'dev' are Sersic with n fixed at 1 and 4.
-KINDS = ("point", "exp", "dev", "sersic")
+#: Model kinds every engine must support (the Legacy Surveys' model types): 'point'; 'rex', a
+#: round exponential (ab = 1 fixed, r_e free); 'exp' and 'dev', Sersic with n fixed at 1 and 4;
+#: 'sersic' with n free.  Every galaxy profile is truncated as models.sersic_profile says.
+KINDS = ("point", "rex", "exp", "dev", "sersic")
 #: Engine-independent parameter vector of a source: pixel position, flux [counts], ln re [ln pix],
 #: ellipticity e = (1 - ab) / (1 + ab) as (e1, e2) = e (cos 2 phi, sin 2 phi), and n.
 STANDARD_PARAMS = ("x", "y", "flux", "lnre", "e1", "e2", "n")
+#: Number of STANDARD_PARAMS (the first ones) each kind fits.
+N_PARAMS = {"point": 3, "rex": 4, "exp": 6, "dev": 6, "sersic": 7}
 #: Catalogue `type` code of each kind, and back.
-TYPE_OF_KIND = {"point": "psf", "sersic": "ser", "exp": "exp", "dev": "dev"}
+TYPE_OF_KIND = {"point": "psf", "rex": "rex", "sersic": "ser", "exp": "exp", "dev": "dev"}
 KIND_OF_TYPE = {v: k for k, v in TYPE_OF_KIND.items()}
 #: Fixed Sersic index of each galaxy kind (None = fitted).
-FIXED_SERSIC_N = {"exp": 1.0, "dev": 4.0, "sersic": None}
+FIXED_SERSIC_N = {"rex": 1.0, "exp": 1.0, "dev": 4.0, "sersic": None}
+#: Smallest and largest galaxy half-light radius [px] an engine may return.
+RE_RANGE = (0.2, 300.0)
 #: Range of the Sersic index an engine may return (inside the Tractor's mixture table, 0.29-6.3).
 SERSIC_N_RANGE = (0.5, 6.0)
 #: Smallest and largest axis ratio b/a.
@@ -60,21 +66,20 @@ class Source:
 
 
 def to_standard(src: Source) -> np.ndarray:
-    """The STANDARD_PARAMS vector of a source (3 values for point, 6 for exp/dev, 7 for sersic)."""
-    vals = [src.x, src.y, src.flux]
-    if src.kind != "point":
-        e = (1 - src.ab) / (1 + src.ab)
-        vals += [np.log(max(src.re, 1e-3)), e * np.cos(np.radians(2 * src.phi)),
-                 e * np.sin(np.radians(2 * src.phi))]
-    if src.kind == "sersic":
-        vals.append(src.n)
-    return np.array(vals, float)
+    """The first N_PARAMS[kind] STANDARD_PARAMS of a source (3 for point, 4 for rex, 6 for
+    exp/dev, 7 for sersic)."""
+    e = (1 - src.ab) / (1 + src.ab)
+    vals = [src.x, src.y, src.flux, np.log(max(src.re, 1e-3)), e * np.cos(np.radians(2 * src.phi)),
+            e * np.sin(np.radians(2 * src.phi)), src.n]
+    return np.array(vals[:N_PARAMS[src.kind]], float)
 
 
 def from_standard(template: Source, v: np.ndarray) -> Source:
     """A source of the kind of `template` from a STANDARD_PARAMS vector."""
     if template.kind == "point":
         return template.copy(x=v[0], y=v[1], flux=v[2])
+    if template.kind == "rex":
+        return template.copy(x=v[0], y=v[1], flux=v[2], re=float(np.exp(v[3])), ab=1.0, phi=0.0)
     e = np.hypot(v[4], v[5])
     ab = (1 - e) / (1 + e)
     phi = 0.5 * np.degrees(np.arctan2(v[5], v[4]))
@@ -88,7 +93,8 @@ def from_standard(template: Source, v: np.ndarray) -> Source:
 class PSF:
     """A PSF on the image's pixel grid.
 
-    image: odd x odd array, unit sum, centre at the middle pixel, pixel-convolved (an
+    image: square odd-sized array whose sum is the PSF's light fraction (1 unless the job sets
+    `*_psf_light_fraction`), centre at the middle pixel, pixel-convolved (an
     "effective" PSF: a point source of flux F centred on pixel (i, j) gives F * image).
     kind: 'fits', 'fwhm' or 'psfex' (where it came from; engines may use a native class).
     sigma_pix: Gaussian sigma in pixels when kind == 'fwhm'.
@@ -163,13 +169,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def fit_group(self, image: np.ndarray, invvar: np.ndarray, psf: PSF, sources: Sequence[Source], *,
-                  max_iter: int = 15, dlnp_tol: float = 1e-3, pos_bound: float = 1.0) -> GroupFit:
+                  max_iter: int = 15, dlnp_tol: float = 1e-3, pos_bound: float = 1.0,
+                  re_max: Optional[Sequence[float]] = None) -> GroupFit:
         """Fit position, flux and (for galaxies) shape of all `sources` together.
 
         Stops after `max_iter` optimiser steps or when an accepted step improves the
         log-likelihood by less than `dlnp_tol` (the original tool's rule).  Positions stay
-        within `pos_bound` pixels of their start.  Errors come from the full covariance of
-        all free parameters of the group (not its diagonal).
+        within `pos_bound` pixels of their start; galaxy r_e within RE_RANGE and below the
+        source's `re_max` [px] (one per source; None = RE_RANGE only).  Reaching a bound sets
+        at_bound.  Errors come from the full covariance of all free parameters of the group
+        (not its diagonal).
         """
 
     @abc.abstractmethod

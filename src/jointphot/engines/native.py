@@ -14,27 +14,27 @@ import numpy as np
 
 from .. import __version__
 from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
-from .base import AB_RANGE, MIN_MODEL_ON_DATA, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
+from .base import AB_RANGE, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
 
-RE_RANGE = (0.2, 300.0)                                    # pixels
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
 
 
-def _clip(template: Source, start: Source, v: np.ndarray, pos_bound: float):
+def _clip(start: Source, v: np.ndarray, pos_bound: float, re_max: float):
     """Clip a parameter vector to its bounds; returns (vector, at_shape_bound)."""
     v = v.copy()
     v[0] = np.clip(v[0], start.x - pos_bound, start.x + pos_bound)
     v[1] = np.clip(v[1], start.y - pos_bound, start.y + pos_bound)
     at_bound = False
-    if template.kind != "point":
-        lo, hi = np.log(RE_RANGE[0]), np.log(RE_RANGE[1])
+    if start.kind != "point":
+        lo, hi = np.log(RE_RANGE[0]), np.log(min(RE_RANGE[1], re_max))
         at_bound |= not (lo < v[3] < hi)
         v[3] = np.clip(v[3], lo, hi)
+    if len(v) > 4:
         e = np.hypot(v[4], v[5])
         if e > E_MAX:
             v[4:6] *= E_MAX / e
             at_bound = True
-    if template.kind == "sersic":
+    if start.kind == "sersic":
         at_bound |= not (SERSIC_N_RANGE[0] < v[6] < SERSIC_N_RANGE[1])
         v[6] = np.clip(v[6], *SERSIC_N_RANGE)
     return v, at_bound
@@ -53,9 +53,11 @@ class NativeEngine(Engine):
         return render_sources(shape, PSFRenderer(psf), sources)
 
     # --- non-linear group fit -------------------------------------------------------------
-    def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0) -> GroupFit:
+    def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0,
+                  re_max=None) -> GroupFit:
         renderer = PSFRenderer(psf)
-        starts = [s.copy() for s in sources]
+        re_max = [np.inf] * len(sources) if re_max is None else list(re_max)
+        starts = [s.copy(re=min(s.re, r)) if s.is_galaxy else s.copy() for s, r in zip(sources, re_max)]
         ny, nx = image.shape
         # nothing beyond the box is fitted: stamps need not reach further than its far corner
         halves = [renderer.stamp_half_size(s, reach=np.hypot(max(s.x, nx - s.x), max(s.y, ny - s.y)) + pos_bound)
@@ -112,7 +114,7 @@ class NativeEngine(Engine):
                     step = np.linalg.lstsq(damp, grad, rcond=None)[0]
                 trial, trial_bound = [], []
                 for i, (src0, v) in enumerate(zip(starts, vecs)):
-                    tv, b = _clip(src0, src0, v + step[offsets[i]:offsets[i + 1]], pos_bound)
+                    tv, b = _clip(src0, v + step[offsets[i]:offsets[i + 1]], pos_bound, re_max[i])
                     trial.append(tv)
                     trial_bound.append(b)
                 t_resid, _, _ = evaluate(trial, False)
@@ -196,9 +198,9 @@ def _named_errors(src0: Source, v: np.ndarray, e: np.ndarray) -> dict:
     """Errors of the physical parameters (x, y, flux, re, ab, phi, n) from the vector errors."""
     out = {"x": e[0], "y": e[1], "flux": e[2]}
     if src0.kind != "point":
-        re = np.exp(v[3])
+        out["re"] = np.exp(v[3]) * e[3]
+    if len(v) > 4:
         ee = np.hypot(v[4], v[5])
-        out["re"] = re * e[3]
         # ab = (1-e)/(1+e): d ab / d e = -2/(1+e)^2; the modulus error ~ rms of e1, e2 errors
         e_err = np.sqrt(0.5 * (e[4] ** 2 + e[5] ** 2))
         out["ab"] = 2.0 / (1 + ee) ** 2 * e_err

@@ -8,12 +8,14 @@ says whether the Tractor can be used here (and why not); :class:`TractorEngine` 
 Mapping (all in the pixel frame of the image being fitted, ``NullWCS`` + ``PixPos``, so
 1 Tractor "arcsec" = 1 pixel and the Tractor's RA/Dec axes are +x/+y):
 
-* sources: point -> ``PointSource``; exp -> ``ExpGalaxy``; dev -> ``DevGalaxy``;
+* sources: point -> ``PointSource``; exp -> ``ExpGalaxy``; rex -> ``ExpGalaxy`` with its
+  ellipticity (ee1, ee2) frozen at 0 (legacypipe's RexGalaxy); dev -> ``DevGalaxy``;
   sersic -> ``SersicGalaxy`` with ``SersicIndex`` bounded to ``base.SERSIC_N_RANGE``.
   Fluxes are ``Flux`` in image counts with ``NullPhotoCal``.  By default (profiles='exact')
-  the galaxy classes are thin subclasses whose getProfile() returns jointphot's exact Sersic
-  mixtures (models.sersic_mixture, as the native engine): the Tractor's own mixtures are
-  fitted to truncated profiles and give fluxes 0.5-6 % low for n = 1-4.
+  the galaxy classes are thin subclasses whose getProfile() returns jointphot's Sersic
+  mixtures (models.sersic_mixture, as the native engine: every profile softened to zero
+  between 7 and 8 r_e), so that both engines fit one profile family; the Tractor's own exp
+  mixture is cut at 3-4 r_e and its few-component Sersic mixtures differ by up to a few %.
 * shapes: ``EllipseESoft`` (log r_e, ee1, ee2).  With ``NullWCS`` the Tractor's major axis
   points along (sin theta, cos theta) in (x, y), theta = atan2(e2, e1) / 2, so
   ``theta = 90 deg - phi`` for jointphot's phi (CCW from +x towards +y).  r_e is the
@@ -50,19 +52,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, MIN_MODEL_ON_DATA, SERSIC_N_RANGE, PSF,
+from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, PSF,
                                     Engine, FluxFit, GroupFit, Source, to_standard)
 from jointphot.errors import JointphotError
 
 #: The Tractor release jointphot is tested against.
 PINNED_TRACTOR = "dr10.6"
-#: Smallest and largest half-light radius (px) the fit may reach (log r_e bounds): the
-#: native engine's, so that both engines search the same space.
-try:
-    from jointphot.engines.native import RE_RANGE
-except Exception:  # pragma: no cover - the native engine always imports
-    RE_RANGE = (0.2, 300.0)
-
 
 #: Largest change of the Sersic index in one optimiser step.  The Tractor's default (0.1)
 #: needs 20 steps to go from the start value n = 2 to n = 4, so a quarter of Sersic fits hit
@@ -128,11 +123,10 @@ def _import():
 def _exact_profile_classes(ExpGalaxy, DevGalaxy, SersicGalaxy, mixture_profiles):
     """The Tractor's galaxy classes with jointphot's Sersic mixtures (models.sersic_mixture).
 
-    The Tractor's own mixtures are fitted to truncated profiles (SDSS-style exp/dev, and
-    Sersic mixtures likewise): against exact Sersic profiles its fits come out 0.5 % (n = 1)
-    to 5 % (n = 4) low in flux, many sigma for bright galaxies, and the native engine (exact
-    profiles) would disagree.  These subclasses change only getProfile(): parameters,
-    derivatives, convolution and optimiser are the Tractor's.
+    The Tractor's own exp mixture is fitted to SDSS's exponential cut at 3-4 r_e (3 % less
+    light than jointphot's 7-8 r_e cut) and its Sersic mixtures have a few components, so the
+    native engine would disagree with it.  These subclasses change only getProfile():
+    parameters, derivatives, convolution and optimiser are the Tractor's.
     """
     from jointphot import models
 
@@ -317,8 +311,8 @@ class TractorEngine(Engine):
     name = "tractor"
 
     def __init__(self, profiles: str = "exact", subpixel_shift: str = "fourier", check_derivatives: bool = True):
-        """profiles: 'exact' (default) renders exact Sersic profiles (jointphot's mixtures, as
-        the native engine) through the Tractor's galaxy classes; 'tractor' uses the Tractor's
+        """profiles: 'exact' (default) renders jointphot's truncated Sersic profiles (its
+        mixtures, as the native engine) through the Tractor's galaxy classes; 'tractor' uses the Tractor's
         own (truncated) exp/dev/Sersic mixtures unchanged.
         subpixel_shift: 'fourier' (default) shifts point sources (a pixelised PSF) and
         galaxies (the Tractor's FFT rendering) to their sub-pixel positions in Fourier space;
@@ -359,13 +353,12 @@ class TractorEngine(Engine):
             return hit[1]
         T = self._T
         if psf.kind == "fwhm" and psf.sigma_pix is not None:
-            tpsf = T.NCircularGaussianPSF([math.sqrt(psf.sigma_pix ** 2 + 1.0 / 12.0)], [1.0])
+            tpsf = T.NCircularGaussianPSF([math.sqrt(psf.sigma_pix ** 2 + 1.0 / 12.0)], [float(psf.image.sum())])
         else:
             img = np.asarray(psf.image, dtype=float)
             if img.ndim != 2 or img.shape[0] % 2 == 0 or img.shape[1] % 2 == 0:
                 raise JointphotError(f"PSF image must be 2-d with odd sides, got shape {img.shape}")
-            img = np.where(np.isfinite(img), img, 0.0)
-            img = img / img.sum()
+            img = np.where(np.isfinite(img), img, 0.0)     # its sum is the PSF's light fraction
             # Hybrid: galaxy mixture components too wide for the FFT box (they would wrap
             # around) are drawn as Gaussians convolved with a Gaussian of the PSF's second
             # moments, as the native engine does.
@@ -385,10 +378,12 @@ class TractorEngine(Engine):
         img.freezeAllParams()
         return img
 
-    def tractor_source(self, s: Source, shape: Sequence[int], psf: PSF, pos_bound: Optional[float] = None):
+    def tractor_source(self, s: Source, shape: Sequence[int], psf: PSF, pos_bound: Optional[float] = None,
+                       re_max: float = np.inf):
         """The Tractor source for `s` on an image of `shape`.
 
-        pos_bound [px]: for fitting, bounds the position to +- pos_bound and r_e to RE_RANGE.
+        pos_bound [px]: for fitting, bounds the position to +- pos_bound and r_e to RE_RANGE
+        and below `re_max` [px].
         None (rendering, forced photometry): no bounds, because the Tractor clamps a
         parameter into its bounds when they are set -- an LR-frame galaxy smaller than
         RE_RANGE[0] LR px would be drawn too large (fluxes up to 4 % high).
@@ -403,13 +398,16 @@ class TractorEngine(Engine):
         flux = T.Flux(float(s.flux))
         if s.kind == "point":
             return T.PointSource(pos, flux)
-        re = float(np.clip(s.re, *RE_RANGE)) if pos_bound is not None else s.re
-        shp = T.EllipseESoft(*shape_to_esoft(re, s.ab, s.phi))
+        re_hi = min(RE_RANGE[1], re_max)
+        re = float(np.clip(s.re, RE_RANGE[0], re_hi)) if pos_bound is not None else s.re
+        shp = T.EllipseESoft(*shape_to_esoft(re, 1.0 if s.kind == "rex" else s.ab, s.phi))
         if pos_bound is not None:
             shp.lowers = [math.log(RE_RANGE[0]), None, None]
-            shp.uppers = [math.log(RE_RANGE[1]), None, None]
+            shp.uppers = [math.log(re_hi), None, None]
+        if s.kind == "rex":
+            shp.freezeParams("ee1", "ee2")
         exact = self.profiles == "exact"
-        if s.kind == "exp":
+        if s.kind in ("exp", "rex"):
             src = (T.ExactExpGalaxy if exact else T.ExpGalaxy)(pos, flux, shp)
         elif s.kind == "dev":
             src = (T.ExactDevGalaxy if exact else T.DevGalaxy)(pos, flux, shp)
@@ -442,6 +440,8 @@ class TractorEngine(Engine):
             return Source(kind, float(x), float(y), flux)
         re, ab, phi = esoft_to_shape(*tsrc.shape.getAllParams())
         n = float(tsrc.sersicindex.getValue()) if kind == "sersic" else FIXED_SERSIC_N[kind]
+        if kind == "rex":
+            return Source(kind, float(x), float(y), flux, re=re, n=n)
         return Source(kind, float(x), float(y), flux, re=re, ab=max(ab, AB_RANGE[0]), phi=phi, n=n)
 
     def shift_context(self):
@@ -459,14 +459,16 @@ class TractorEngine(Engine):
         return np.asarray(tr.getModelImage(0, sky=False), dtype=float)
 
     @_with_shift_context
-    def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0) -> GroupFit:
+    def fit_group(self, image, invvar, psf, sources, *, max_iter=15, dlnp_tol=1e-3, pos_bound=1.0,
+                  re_max=None) -> GroupFit:
         T = self._T
         image = np.asarray(image, dtype=float)
         invvar = np.asarray(invvar, dtype=float)
         shape = image.shape
         img = self._image(image, invvar, psf)
         kinds = [s.kind for s in sources]
-        srcs = [self.tractor_source(s, shape, psf, pos_bound=pos_bound) for s in sources]
+        re_max = [np.inf] * len(sources) if re_max is None else list(re_max)
+        srcs = [self.tractor_source(s, shape, psf, pos_bound=pos_bound, re_max=r) for s, r in zip(sources, re_max)]
         tr = T.Tractor([img], srcs, optimizer=T.ConstrainedOptimizer())
         tr.freezeParam("images")
         converged = False
@@ -489,19 +491,22 @@ class TractorEngine(Engine):
         at_bound: List[bool] = []
         covariances: List[np.ndarray] = []
         k = 0
-        for src, kind in zip(srcs, kinds):
+        for src, kind, re_hi in zip(srcs, kinds, re_max):
             npar = src.numberOfParams()
             sl = slice(k, k + npar)
             k += npar
             c = cov[sl, sl]
             err = {"x": c[0, 0], "y": c[1, 1], "flux": c[2, 2]}
             to_std = np.eye(npar)              # Tractor parameters -> base.STANDARD_PARAMS
-            if kind != "point":
+            if kind not in ("point", "rex"):   # rex: ln re is the Tractor's logre, ee1/ee2 frozen
                 to_std[3:6, 3:6] = _standard_jacobian(src.shape.getAllParams())
             covariances.append(to_std @ c @ to_std.T)
             ns = self._to_source(src, kind)
             bound = False
-            if kind != "point":
+            if kind == "rex":
+                err["re"] = ns.re ** 2 * c[3, 3]
+                bound |= ns.re <= RE_RANGE[0] * (1 + 1e-3) or ns.re >= min(RE_RANGE[1], re_hi) * (1 - 1e-3)
+            elif kind != "point":
                 J = _shape_jacobian(src.shape.getAllParams())
                 cs = J @ c[3:6, 3:6] @ J.T
                 err.update(re=cs[0, 0], ab=cs[1, 1], phi=cs[2, 2])
@@ -511,7 +516,7 @@ class TractorEngine(Engine):
                     bound |= (n <= SERSIC_N_RANGE[0] + 1e-3) or (n >= SERSIC_N_RANGE[1] - 1e-3)
                 raw_ab = esoft_to_shape(*src.shape.getAllParams())[1]
                 bound |= raw_ab <= AB_RANGE[0] * (1 + 1e-6)
-                bound |= ns.re <= RE_RANGE[0] * (1 + 1e-3) or ns.re >= RE_RANGE[1] * (1 - 1e-3)
+                bound |= ns.re <= RE_RANGE[0] * (1 + 1e-3) or ns.re >= min(RE_RANGE[1], re_hi) * (1 - 1e-3)
             errors.append({key: float(np.sqrt(v)) if np.isfinite(v) and v >= 0 else float("nan")
                            for key, v in err.items()})
             out_sources.append(ns)
@@ -607,7 +612,7 @@ def _weighted(A, w: np.ndarray):
 
 
 def _moment_gaussian(T, img: np.ndarray):
-    """GaussianMixturePSF with the second moments of the PSF image (one component)."""
+    """GaussianMixturePSF with the light and second moments of the PSF image (one component)."""
     ny, nx = img.shape
     yy, xx = np.mgrid[:ny, :nx]
     pos = np.clip(img, 0, None)
@@ -616,7 +621,7 @@ def _moment_gaussian(T, img: np.ndarray):
     cxx = ((xx - cx) ** 2 * pos).sum() / w
     cyy = ((yy - cy) ** 2 * pos).sum() / w
     cxy = ((xx - cx) * (yy - cy) * pos).sum() / w
-    return T.GaussianMixturePSF(np.array([1.0]), np.zeros((1, 2)), np.array([[[cxx, cxy], [cxy, cyy]]]))
+    return T.GaussianMixturePSF(np.array([img.sum()]), np.zeros((1, 2)), np.array([[[cxx, cxy], [cxy, cyy]]]))
 
 
 def _invert(F: np.ndarray) -> np.ndarray:

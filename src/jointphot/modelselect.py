@@ -1,0 +1,84 @@
+"""Model choice by the fit, as the Legacy Surveys pipeline does it (legacypipe
+``oneblob._select_model``, DR9/DR10 rules).
+
+Each candidate model of a source (its neighbours' models subtracted) is fitted on the
+source's box; its ``dchisq`` is the chi^2 improvement over no source (chi^2 of the box
+without the source minus chi^2 with the fitted model; larger is better).  The rules:
+
+1. Detection: the best candidate must have dchisq - nparams >= 25 (5 sigma in
+   parameter-penalised units), else the simplest model ('point') is kept
+   (legacypipe drops such sources; jointphot keeps every SExtractor detection).
+2. PSF or REX: REX when its penalised dchisq is higher and it improves on PSF by more than
+   1 % of dchisq(PSF).
+3. EXP or DEV replace it when they improve on it by more than GALAXY_MARGIN, and on PSF
+   by more than 1 % of dchisq(PSF); the better of the two.  (legacypipe asks the 1 % of
+   the step from REX too; at HST resolution that keeps well-resolved bright galaxies as
+   REX with fluxes 10-20 % low, so jointphot asks it only of the step away from PSF, which
+   is what keeps bright stars with imperfect PSF models point sources.)
+4. SER replaces EXP/DEV when it improves on them by more than SERSIC_MARGIN.
+
+Galaxy candidates (EXP, DEV, SER) are fitted only when REX beats PSF by more than one
+(REX's one extra parameter) or the source is bright (dchisq > BRIGHT_DCHISQ): faint sources
+get the simple models, so their fluxes are not drowned in shape degeneracy.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+#: Candidate kinds in the order of the catalogue's `dchisq` column (the Legacy Surveys'
+#: DCHISQ order: PSF, REX, DEV, EXP, SER).
+DCHISQ_ORDER = ("point", "rex", "dev", "exp", "sersic")
+#: Parameters of each model besides its flux (legacypipe's nparams).
+NPARAMS = {"point": 2, "rex": 3, "exp": 5, "dev": 5, "sersic": 6}
+#: Penalised dchisq a source needs to count as detected.
+DETECTION_CUT = 25.0
+#: dchisq by which EXP/DEV must beat PSF/REX (3 sigma plus the extra parameters).
+GALAXY_MARGIN = 9.0 + NPARAMS["exp"] - NPARAMS["point"]
+#: dchisq by which SER must beat EXP/DEV.
+SERSIC_MARGIN = 25.0
+#: Fraction of dchisq(PSF) by which REX must beat PSF, and galaxies PSF/REX.
+FRACTIONAL_MARGIN = 0.01
+#: Above this dchisq the galaxy candidates are tried even when REX does not beat PSF.
+BRIGHT_DCHISQ = 400.0
+#: The rules in one line, for the catalogue README.
+SELECTION_SUMMARY = (f"rex over psf if better after a 1-parameter penalty and by > {FRACTIONAL_MARGIN:.0%} of "
+                     f"dchisq(psf); exp/dev if better by > {GALAXY_MARGIN:g} (and than psf by > {FRACTIONAL_MARGIN:.0%} of "
+                     f"dchisq(psf)); ser over exp/dev if better by > {SERSIC_MARGIN:g}; "
+                     f"below a penalised dchisq of {DETECTION_CUT:g}: psf")
+
+
+def galaxies_worth_trying(dchisq: Dict[str, float]) -> bool:
+    """Whether to fit EXP, DEV and SER after PSF and REX (legacypipe's 'gals' marker)."""
+    psf, rex = dchisq.get("point", 0.0), dchisq.get("rex", 0.0)
+    return rex > psf + 1.0 or max(psf, rex) > BRIGHT_DCHISQ
+
+
+def select_model(dchisq: Dict[str, float]) -> str:
+    """The kind chosen from the dchisq of the candidates that were fitted (missing = not tried)."""
+    penalised = [d - NPARAMS[k] for k, d in dchisq.items() if np.isfinite(d)]
+    if not penalised or max(penalised) < DETECTION_CUT:
+        return "point"
+    psf = dchisq.get("point", 0.0)
+    keep = "point"
+    if "rex" in dchisq and dchisq["rex"] - NPARAMS["rex"] > psf - NPARAMS["point"]:
+        if not (psf > 0 and dchisq["rex"] - psf < FRACTIONAL_MARGIN * psf):
+            keep = "rex"
+    if not ("exp" in dchisq or "dev" in dchisq):
+        return keep
+    cut = max(GALAXY_MARGIN, FRACTIONAL_MARGIN * psf) if keep == "point" else GALAXY_MARGIN
+    exp_gain = dchisq.get("exp", -np.inf) - dchisq.get(keep, 0.0)
+    dev_gain = dchisq.get("dev", -np.inf) - dchisq.get(keep, 0.0)
+    if exp_gain >= max(cut, dev_gain):
+        keep = "exp"
+    elif dev_gain > max(cut, exp_gain):
+        keep = "dev"
+    if keep in ("exp", "dev") and dchisq.get("sersic", -np.inf) - dchisq[keep] >= SERSIC_MARGIN:
+        keep = "sersic"
+    return keep
+
+
+def dchisq_vector(dchisq: Dict[str, float]) -> np.ndarray:
+    """The catalogue's `dchisq` (5,) in DCHISQ_ORDER; NaN for candidates not fitted."""
+    return np.array([dchisq.get(k, np.nan) for k in DCHISQ_ORDER], float)

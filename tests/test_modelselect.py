@@ -1,0 +1,62 @@
+"""Model choice by the fit (modelselect.py, the Legacy Surveys' rules) and the HR fit's use of it."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from jointphot import modelselect as ms
+from jointphot.engines.base import PSF, Source
+from jointphot.engines.native import NativeEngine
+from jointphot.fit_hr import GroupFitter
+from jointphot.psf import gaussian_epsf
+
+sys.path.insert(0, os.path.dirname(__file__))
+import truthcheck  # noqa: E402
+
+
+@pytest.mark.parametrize("dchisq,kind", [
+    ({"point": 20.0, "rex": 24.0}, "point"),                                 # not detected: simplest model
+    ({"point": 1e6, "rex": 1.005e6, "dev": 1.006e6, "exp": 1.006e6}, "point"),  # bright star, PSF mismatch
+    ({"point": 100.0, "rex": 110.0}, "rex"),
+    ({"point": 100.0, "rex": 110.0, "dev": 115.0, "exp": 121.0}, "rex"),       # exp gains 11 < 12
+    ({"point": 100.0, "rex": 110.0, "dev": 115.0, "exp": 123.0}, "exp"),
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.25002e5}, "dev"),
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.2503e5}, "sersic"),
+    ({"point": 2.25e6, "rex": 2.42e6, "dev": 2.435e6, "exp": 2.42e6}, "dev"),  # rex -> dev: no 1 % cut
+])
+def test_select_model_follows_the_legacy_surveys_rules(dchisq, kind):
+    assert ms.select_model(dchisq) == kind
+
+
+def test_dchisq_vector_is_in_the_legacy_surveys_order():
+    v = ms.dchisq_vector({"point": 1.0, "rex": 2.0, "dev": 3.0, "exp": 4.0})
+    assert list(v[:4]) == [1.0, 2.0, 3.0, 4.0] and np.isnan(v[4])
+
+
+@pytest.mark.parametrize("truth,kinds", [
+    (Source("point", 25.3, 24.8, 2.0e5), {"point"}),
+    (Source("sersic", 25.3, 24.8, 2.0e5, re=4.0, ab=0.5, phi=30.0, n=1.0), {"exp", "sersic"}),
+    (Source("sersic", 25.3, 24.8, 2.0e5, re=4.0, ab=0.6, phi=-20.0, n=4.0), {"dev", "sersic"}),
+    (Source("sersic", 25.3, 24.8, 300.0, re=1.0, ab=0.8, phi=0.0, n=1.0), {"point", "rex"}),
+], ids=["bright-star", "exp-disc", "dev", "faint-compact"])
+def test_the_fit_chooses_the_model_and_keeps_the_flux(truth, kinds):
+    """On GalSim images (noise sigma 1): the chosen kind, and the flux within 3 sigma (1 % for
+    the bright ones)."""
+    sigma = 1.5
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    shape = (51, 51)
+    rng = np.random.default_rng(3)
+    image = truthcheck.galsim_image(shape, [truth], psf_sigma=sigma) + rng.normal(0.0, 1.0, shape)
+    invvar = np.ones(shape)
+    segmap = np.zeros(shape, np.int32)
+    segmap[15:36, 15:36] = 1
+    job = {"hr_compl_niter": 15, "hr_ps_niter": 5}
+    fitter = GroupFitter(image, invvar, segmap, np.array([1]), np.array([40.0]), psf, NativeEngine(), job)
+    start = Source("exp", truth.x + 0.3, truth.y - 0.2, truth.flux * 0.8, re=2.0, ab=0.8, phi=0.0)
+    (res,) = fitter.fit_group([start], [0], choose=True)
+    assert res.source.kind in kinds, (res.source, res.dchisq)
+    assert abs(res.source.flux - truth.flux) < max(3 * res.errors["flux"], 0.01 * truth.flux), (res.source, res.errors)
+    assert np.isfinite(res.dchisq[:2]).all()
