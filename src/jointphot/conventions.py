@@ -115,6 +115,7 @@ FLAGS = {
     "LR_OFF_IMAGE": 1 << 6,
     "LR_BLENDED": 1 << 7,
     "PARAM_AT_BOUND": 1 << 8,
+    "HR_RESIDUAL_DETECTION": 1 << 9,
 }
 FLAG_MEANINGS = {
     "HR_FIT_FAILED": "the HR fit raised or produced non-finite numbers",
@@ -126,7 +127,12 @@ FLAG_MEANINGS = {
     "LR_OFF_IMAGE": "no LR data under this source: no LR flux",
     "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
     "PARAM_AT_BOUND": "an HR shape parameter ended on its bound",
+    "HR_RESIDUAL_DETECTION": "found on the residual of the first HR fit (second detection pass; informational)",
 }
+
+
+#: Flags that describe where a source is or how it was found, not that its measurement failed.
+INFORMATIONAL_FLAGS = ("HR_EDGE", "LR_BLENDED", "HR_RESIDUAL_DETECTION")
 
 
 def describe_flags(value):

@@ -26,17 +26,23 @@ from typing import List
 import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
-from astropy.table import Table
+from astropy.table import Table, vstack
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .conventions import FLAGS, image_to_reference
+from .detect import detection_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
 from .modelselect import dchisq_vector, galaxies_worth_trying, select_model
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .plan import tile_path, tile_psf
+from .plan import get_tile, tile_path, tile_psf
 
 log = logging.getLogger("jointphot.fit_hr")
 
+#: Second detection pass: a residual detection needs this S/N (FLUX_AUTO / FLUXERR_AUTO) ...
+RESIDUAL_MIN_SNR = 10.0
+#: ... and this distance [PSF FWHM] from every fitted source.
+RESIDUAL_MIN_SEPARATION_FWHM = 1.5
 #: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
 GALAXY_DCHI2 = 12.0
 #: A galaxy's r_e may not exceed this many times the radius sqrt(area / pi) of its detection segment ...
@@ -133,16 +139,40 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     # second pass: the sky from the residual of the first (source light no longer biases it), and
     # every group refitted with its chosen models from the first pass's solution
     fitted = [r.source for r in results]
+    n_residual = 0
     if fitted:
         resid = image - engine.render(image.shape, psf, [s for s, r in zip(fitted, results) if not r.failed])
         _, sky_correction, _ = sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)
         image = image - sky_correction
         sky += float(sky_correction)
+        # second detection pass: objects the first missed (inside a halo, merged into a segment)
+        extra, extra_seg = residual_detections(resid - sky_correction, image, invvar, fitted, psf, plan, directory,
+                                               header, start_number=int(numbers.max(initial=0)) + 1)
+        n_residual = len(extra)
+        new = set(range(len(fitted), len(fitted) + n_residual))
+        if n_residual:
+            # the new segments are painted over the old map, except the old detections' peak pixels:
+            # every source keeps a segment (groups and fit boxes come from the map)
+            peaks = (np.asarray(cat["YPEAK_IMAGE"], int) - 1, np.asarray(cat["XPEAK_IMAGE"], int) - 1)
+            old_at_peaks = segmap[peaks]
+            segmap = np.where(extra_seg > 0, extra_seg, segmap)
+            segmap[peaks] = old_at_peaks
+            cat = vstack([cat, extra], metadata_conflicts="silent")
+            numbers = np.asarray(cat["NUMBER"])
+            fitted = fitted + start_sources(extra, psf, job, scale)
+            groups, _ = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
+            fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
+                                 psf, engine, job)
+            results = results + [None] * n_residual
         fitter.image = image
-        second = fitter.fit_all(fitted, groups, choose=False)
-        results = [r2._replace(dchisq=r1.dchisq) for r1, r2 in zip(results, second)]
+        # every group refitted with its chosen models; groups that gained a residual detection choose again
+        rechoose = [job["hr_models"] == "legacy" and bool(new.intersection(g)) for g in groups]
+        second = fitter.fit_all(fitted, groups, choose=rechoose)
+        results = [r2 if (r1 is None or rechoose[gid]) else r2._replace(dchisq=r1.dchisq)
+                   for r1, r2, gid in zip(results, second, _group_index(groups, len(second)))]
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
+    table["flags"][len(table) - n_residual:] |= FLAGS["HR_RESIDUAL_DETECTION"]
     model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
                                                     r["hr_flux"], r["re_pix"], r["ab"], r["phi_pix"], r["sersic_n"])
                                              for r in table if np.isfinite(r["hr_flux"])])
@@ -152,6 +182,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_ENGV"] = (engine.version, "fitting engine version")
     hdr["JP_SKY"] = (sky, "[count] HR sky level subtracted (frozen)")
     hdr["JP_WFAC"] = (wfactor, "factor applied to the HR inverse variance")
+    hdr["JP_NRESD"] = (n_residual, "sources added by the detection on the first fit's residual")
     hdr["JP_PSFFW"] = (psf.fwhm_pix * scale, "[arcsec] HR PSF FWHM")
     hdr["JP_PSFLF"] = (job["hr_psf_light_fraction"], "HR PSF light fraction (share of a star's light in the stamp)")
     tab_hdu = fits.BinTableHDU(table, header=hdr, name="HR_FIT")
@@ -161,6 +192,46 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
                                     fits.ImageHDU(model.astype(np.float32), header, name="MODEL"),
                                     fits.ImageHDU((image - model).astype(np.float32), header, name="RESIDUAL")]),
                       tile_path(directory, tile_id, "hr_images"))
+
+
+def residual_detections(resid, image, invvar, sources, psf, plan, directory, header, start_number):
+    """(catalogue, segmentation map) of the significant detections on the first fit's residual
+    that no fitted source explains, numbered from `start_number` (SExtractor with the tile's
+    detection settings).  Kept: S/N (FLUX_AUTO / FLUXERR_AUTO) >= RESIDUAL_MIN_SNR, farther than
+    RESIDUAL_MIN_SEPARATION_FWHM PSF FWHM from every fitted source, and on a local maximum (within
+    one FWHM) of the PSF-smoothed data, so that a model's mismatch (rings, arms) is not taken for
+    a new object."""
+    job = plan["job"]
+    scale = plan["hr"]["pixel_scale_arcsec"]
+    settings = detection_settings(scale, job["hr_zp"], psf.fwhm_pix * scale, job["sextractor_settings"])
+    cat, seg = run_sextractor(resid, out_dir=directory, settings=settings, sex_command=job["sex_command"],
+                              weight=invvar, weight_type="MAP_WEIGHT", sexinputdir=job["sexinputdir"], header=header)
+    if len(cat) == 0:
+        return cat, np.zeros_like(seg)
+    snr = np.asarray(cat["FLUX_AUTO"], float) / np.maximum(np.asarray(cat["FLUXERR_AUTO"], float), 1e-30)
+    px = np.asarray(cat["XPEAK_IMAGE"], int) - 1
+    py = np.asarray(cat["YPEAK_IMAGE"], int) - 1
+    known = np.array([[s.x, s.y] for s in sources]) if sources else np.zeros((0, 2))
+    far = (cKDTree(known).query(np.column_stack([px, py]))[0] > RESIDUAL_MIN_SEPARATION_FWHM * psf.fwhm_pix
+           if len(known) else np.ones(len(cat), bool))
+    smooth = ndimage.convolve(np.where(invvar > 0, image, 0.0), np.asarray(psf.image, float), mode="constant")
+    size = 2 * int(np.ceil(psf.fwhm_pix)) + 1
+    peak = (smooth == ndimage.maximum_filter(smooth, size=size))[py, px]
+    keep = (snr >= RESIDUAL_MIN_SNR) & far & peak
+    cat = cat[keep]
+    renumber = np.zeros(int(seg.max()) + 1, np.int32)
+    renumber[np.asarray(cat["NUMBER"], int)] = start_number + np.arange(len(cat))
+    cat["NUMBER"] = renumber[np.asarray(cat["NUMBER"], int)]
+    log.info("%d of %d detections on the residual added", len(cat), len(keep))
+    return cat, renumber[seg]
+
+
+def _group_index(groups, n):
+    """Index of the group of each of `n` sources."""
+    out = np.zeros(n, int)
+    for gid, members in enumerate(groups):
+        out[members] = gid
+    return out
 
 
 HRResult = collections.namedtuple(
@@ -175,12 +246,13 @@ class GroupFitter:
         self.image, self.invvar, self.segmap, self.numbers = image, invvar, segmap, numbers
         self.re_max, self.psf, self.engine, self.job = re_max, psf, engine, job
 
-    def fit_all(self, sources, groups, choose: bool):
-        """One HRResult per source (in the order of `sources`); choose=True picks each source's
-        model, choose=False refits the sources' kinds as they are."""
+    def fit_all(self, sources, groups, choose):
+        """One HRResult per source (in the order of `sources`); choose (one bool, or one per group)
+        True picks each source's model, False refits the sources' kinds as they are."""
         results = [None] * len(sources)
+        choose = [choose] * len(groups) if isinstance(choose, bool) else choose
         for gid, members in enumerate(groups):
-            for i, res in zip(members, self.fit_group(sources, members, choose)):
+            for i, res in zip(members, self.fit_group(sources, members, choose[gid])):
                 results[i] = res._replace(group_id=gid, group_size=len(members))
         return results
 
@@ -361,8 +433,11 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     world = wcs.all_pix2world(np.column_stack([xs, ys]), 0) if n else np.zeros((0, 2))
     ra_ref, dec_ref = image_to_reference(world[:, 0], world[:, 1], plan["astrometry_offsets_mas"]["hr"])
     gx, gy = xs + x_off, ys + y_off
-    core = tile["core"]
-    in_core = (gx >= core[0]) & (gx < core[1]) & (gy >= core[2]) & (gy < core[3])
+    # ownership by the detection's peak pixel: the same in every tile that sees the peak, unlike
+    # the fitted centre, which a cut-off galaxy pulls towards each tile's interior
+    det_x = np.asarray(cat["XPEAK_IMAGE"], float) - 1 + x_off
+    det_y = np.asarray(cat["YPEAK_IMAGE"], float) - 1 + y_off
+    in_core = get_tile(plan, tile_id).owns(det_x, det_y)
     galaxy = np.array([s.kind != "point" for s in srcs], bool)
     t = Table()
     t["tile_id"] = np.full(n, tile_id, np.int32)
@@ -374,6 +449,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["x_large"], t["y_large"] = gx, gy
     t["ra_hr"], t["dec_hr"] = world[:, 0], world[:, 1]
     t["ra"], t["dec"] = ra_ref, dec_ref
+    t["x_det_large"], t["y_det_large"] = det_x, det_y
     t["in_core"] = in_core
     t["hr_flux"] = [s.flux for s in srcs]
     t["hr_flux_err"] = [e.get("flux", np.nan) for e in errs]

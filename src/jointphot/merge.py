@@ -28,30 +28,33 @@ from .plan import tile_path
 
 log = logging.getLogger("jointphot.merge")
 
-BOUNDARY_TOLERANCE_PIX = 3.0
+#: Entries of different tiles whose fitted positions, or whose detection peaks, are closer than
+#: this are one object: a galaxy larger than the overlap is cut differently by each tile, and the
+#: brightest pixel of its flat, noisy core can differ by a pixel between tiles and fall in two cores.
 DUPLICATE_RADIUS_ARCSEC = 0.15
 ID_STRIDE = 100000
 
 
-def core_depth(table: Table, core) -> np.ndarray:
-    """Signed distance (pixels) of each row's large-image position inside the core (negative: outside)."""
+def padded_depth(table: Table, padded) -> np.ndarray:
+    """Distance [px] of each row's fitted position inside the tile's cut-out region (how little
+    of the source the tile's edges cut off)."""
     x = np.asarray(table["x_large"], float)
     y = np.asarray(table["y_large"], float)
-    return np.minimum.reduce([x - core[0], core[1] - x, y - core[2], core[3] - y])
+    return np.minimum.reduce([x - padded[0], padded[1] - x, y - padded[2], padded[3] - y])
 
 
 def merge_tables(plan, tables: Dict[int, Table]) -> Table:
-    """Merged catalogue (sorted by id) from {tile_id: lr_fit table}."""
+    """Merged catalogue (sorted by id) from {tile_id: lr_fit table}: each tile keeps the sources
+    whose detection peak lies in its core (`in_core`; every pixel lies in exactly one core); of
+    entries from different tiles that are one object (DUPLICATE_RADIUS_ARCSEC), the one that
+    its tile's edges cut least is kept."""
     scale = plan["hr"]["pixel_scale_arcsec"]
     parts = []
     for tile_id, table in sorted(tables.items()):
-        if len(table) == 0:
-            continue
-        depth = core_depth(table, plan["tiles"][tile_id]["core"])
-        keep = depth > -BOUNDARY_TOLERANCE_PIX
-        part = table[keep]
-        part["_depth"] = depth[keep]
-        parts.append(part)
+        part = table[np.asarray(table["in_core"], bool)] if len(table) else table
+        if len(part):
+            part["_depth"] = padded_depth(part, plan["tiles"][tile_id]["padded"])
+            parts.append(part)
     if not parts:
         merged = next(iter(tables.values()))[:0].copy() if tables else Table()
         if "id" not in merged.colnames and tables:
@@ -59,16 +62,13 @@ def merge_tables(plan, tables: Dict[int, Table]) -> Table:
         return merged
     merged = vstack(parts, metadata_conflicts="silent")
     keep = np.ones(len(merged), bool)
-    xy = np.column_stack([merged["x_large"], merged["y_large"]])
-    pairs = cKDTree(xy).query_pairs(DUPLICATE_RADIUS_ARCSEC / scale, output_type="ndarray")
-    order = np.argsort(-np.asarray(merged["_depth"]), kind="stable")
-    rank = np.empty(len(merged), int)
-    rank[order] = np.arange(len(merged))
-    for i, j in pairs:
-        if merged["tile_id"][i] == merged["tile_id"][j]:
-            continue
-        loser = i if rank[i] > rank[j] else j
-        keep[loser] = False
+    depth = np.asarray(merged["_depth"], float)
+    tile = np.asarray(merged["tile_id"])
+    for xcol, ycol in (("x_large", "y_large"), ("x_det_large", "y_det_large")):
+        xy = np.column_stack([merged[xcol], merged[ycol]])
+        for i, j in cKDTree(xy).query_pairs(DUPLICATE_RADIUS_ARCSEC / scale, output_type="ndarray"):
+            if tile[i] != tile[j]:
+                keep[i if depth[i] < depth[j] else j] = False
     merged = merged[keep]
     merged.remove_column("_depth")
     merged.add_column(np.asarray(merged["tile_id"], np.int64) * ID_STRIDE + np.asarray(merged["number"], np.int64),
