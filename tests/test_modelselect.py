@@ -60,3 +60,11 @@ def test_the_fit_chooses_the_model_and_keeps_the_flux(truth, kinds):
     assert res.source.kind in kinds, (res.source, res.dchisq)
     assert abs(res.source.flux - truth.flux) < max(3 * res.errors["flux"], 0.01 * truth.flux), (res.source, res.errors)
     assert np.isfinite(res.dchisq[:2]).all()
+
+
+def test_model_choice_variance_weighs_the_candidates_by_their_akaike_weights():
+    dchisq = {"point": 100.0, "rex": 500.0, "exp": 600.0, "dev": 600.0}
+    fluxes = {"point": 50.0, "rex": 90.0, "exp": 100.0, "dev": 120.0}
+    # exp and dev: equal weights; rex: exp(-(100 - 4) / 2) ~ 1e-21; psf: nothing
+    assert ms.model_choice_variance(dchisq, fluxes, "exp") == pytest.approx(0.5 * 20.0 ** 2, rel=1e-9)
+    assert ms.model_choice_variance({"point": 1e4, "rex": 10.0}, {"point": 5.0, "rex": 9.0}, "point") == 0.0

@@ -58,7 +58,10 @@ COLUMNS = {
     "sex_class_star": ("", "SExtractor CLASS_STAR (at the real HR seeing)"),
     "sex_flags": ("", "SExtractor FLAGS"),
     "hr_flux": ("count", "HR total model flux, HR image counts (mag = hr_zp - 2.5 log10 flux)"),
-    "hr_flux_err": ("count", "1-sigma error of hr_flux from the full fit covariance"),
+    "hr_flux_err": ("count", "1-sigma error of hr_flux: the full fit covariance and (hr_models legacy) the "
+                             "model-choice part hr_flux_err_model, in quadrature"),
+    "hr_flux_err_model": ("count", "spread of hr_flux over the candidate models (Akaike weights; 0 when the model "
+                                   "was not chosen by the fit)"),
     "hr_mag": ("mag", "HR AB magnitude (NaN when hr_flux <= 0)"),
     "hr_mag_err": ("mag", "1-sigma error of hr_mag"),
     "hr_flux_ujy": ("uJy", "HR flux in microjansky"),

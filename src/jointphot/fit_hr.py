@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from .conventions import FLAGS, image_to_reference
 from .detect import detection_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
-from .modelselect import dchisq_vector, galaxies_worth_trying, select_model
+from .modelselect import dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .plan import get_tile, tile_path, tile_psf
 
@@ -161,15 +161,14 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
             numbers = np.asarray(cat["NUMBER"])
             fitted = fitted + start_sources(extra, psf, job, scale)
             groups, _ = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
+            choices = fitter.choices
             fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
                                  psf, engine, job)
-            results = results + [None] * n_residual
+            fitter.choices = choices
         fitter.image = image
         # every group refitted with its chosen models; groups that gained a residual detection choose again
         rechoose = [job["hr_models"] == "legacy" and bool(new.intersection(g)) for g in groups]
-        second = fitter.fit_all(fitted, groups, choose=rechoose)
-        results = [r2 if (r1 is None or rechoose[gid]) else r2._replace(dchisq=r1.dchisq)
-                   for r1, r2, gid in zip(results, second, _group_index(groups, len(second)))]
+        results = fitter.fit_all(fitted, groups, choose=rechoose)
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
     table["flags"][len(table) - n_residual:] |= FLAGS["HR_RESIDUAL_DETECTION"]
@@ -226,16 +225,13 @@ def residual_detections(resid, image, invvar, sources, psf, plan, directory, hea
     return cat, renumber[seg]
 
 
-def _group_index(groups, n):
-    """Index of the group of each of `n` sources."""
-    out = np.zeros(n, int)
-    for gid, members in enumerate(groups):
-        out[members] = gid
-    return out
-
-
 HRResult = collections.namedtuple(
-    "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size dchisq")
+    "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size dchisq "
+                "flux_var_model")
+#: The model choice of one source: {kind: dchisq} of its candidates, and the variance [counts^2]
+#: of its flux over the candidates (modelselect.model_choice_variance).
+Choice = collections.namedtuple("Choice", "dchisq flux_var")
+NO_CHOICE = Choice({}, 0.0)
 
 
 class GroupFitter:
@@ -245,6 +241,8 @@ class GroupFitter:
     def __init__(self, image, invvar, segmap, numbers, re_max, psf, engine, job):
         self.image, self.invvar, self.segmap, self.numbers = image, invvar, segmap, numbers
         self.re_max, self.psf, self.engine, self.job = re_max, psf, engine, job
+        #: source index -> Choice, kept from the pass that chose the model
+        self.choices = {}
 
     def fit_all(self, sources, groups, choose):
         """One HRResult per source (in the order of `sources`); choose (one bool, or one per group)
@@ -274,11 +272,11 @@ class GroupFitter:
         ivar = np.where((seg == 0) | np.isin(seg, self.numbers[members]), self.invvar[y0:y1, x0:x1], 0.0)
         starts = [sources[i].copy(x=sources[i].x - x0, y=sources[i].y - y0) for i in members]
         re_max = [float(self.re_max[i]) for i in members]
-        dchisq = [{} for _ in members]
         try:
             fit = None
             if choose:
-                starts, dchisq, fit = self._choose_models(img, ivar, starts, re_max, (y0, x0), members)
+                starts, chosen, fit = self._choose_models(img, ivar, starts, re_max, (y0, x0), members)
+                self.choices.update(zip(members, chosen))
             if fit is None:
                 fit = self.engine.fit_group(img, ivar, self.psf, starts, max_iter=self._max_iter(starts),
                                             re_max=re_max)
@@ -287,13 +285,17 @@ class GroupFitter:
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
             log.warning("HR fit of group with sources %s failed: %s", list(self.numbers[members]), exc)
             return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0,
-                             dchisq_vector(d)) for s, d in zip(starts, dchisq)]
+                             dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan)
+                    for s, i in zip(starts, members)]
         covs = fit.covariances or [None] * len(fit.sources)
         out = []
-        for s, err, bound, cov, d in zip(fit.sources, fit.errors, fit.at_bound, covs, dchisq):
-            failed = not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan)))
+        for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members):
+            choice = self.choices.get(i, NO_CHOICE)
+            err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
+            failed = not (np.isfinite(s.flux) and np.isfinite(err["flux"]))
             out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
-                                fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(d)))
+                                fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(choice.dchisq),
+                                choice.flux_var))
         return out
 
     def _point_sources_as_galaxies(self, img, ivar, starts, fit, re_max):
@@ -317,14 +319,14 @@ class GroupFitter:
 
     def _choose_models(self, img, ivar, starts, re_max, origin, members):
         """Each source's model by the fit, brightest first, its neighbours' current models
-        subtracted.  Returns (chosen sources, dchisq dicts, the GroupFit of a lone source or None)."""
+        subtracted.  Returns (chosen sources, their Choices, the GroupFit of a lone source or None)."""
         engine, psf = self.engine, self.psf
         current = [s.copy(kind="rex", ab=1.0, phi=0.0) for s in starts]
         if len(starts) > 1:
             current = engine.fit_group(img, ivar, psf, current, max_iter=self.job["hr_compl_niter"],
                                        re_max=re_max).sources
         model = engine.render(img.shape, psf, current)
-        dchisq = [{} for _ in starts]
+        chosen = [NO_CHOICE] * len(starts)
         lone_fit = None
         y_origin, x_origin = origin
         for k in np.argsort([-s.flux for s in current], kind="stable"):
@@ -336,16 +338,16 @@ class GroupFitter:
             shift = dict(x=-(bx0 - x_origin), y=-(by0 - y_origin))
             local = _moved(current[k], **shift)
             start = _moved(starts[k], **shift)
-            fit, dchisq[k] = self._candidates(img[sl] - others[sl], ivar[sl], start, local, re_max[k])
+            fit, chosen[k] = self._candidates(img[sl] - others[sl], ivar[sl], start, local, re_max[k])
             current[k] = _moved(fit.sources[0], x=-shift["x"], y=-shift["y"])
             model = others + engine.render(img.shape, psf, [current[k]])
             if len(starts) == 1 and sl == (slice(0, img.shape[0]), slice(0, img.shape[1])):
                 lone_fit = fit
-        return current, dchisq, lone_fit
+        return current, chosen, lone_fit
 
     def _candidates(self, img, ivar, start, current, re_max):
         """Fit the candidate models of one source (neighbours already subtracted from `img`);
-        returns (GroupFit of the chosen model, {kind: dchisq})."""
+        returns (GroupFit of the chosen model, its Choice)."""
         good = ivar > 0
         chi2_none = float(np.sum(ivar[good] * img[good] ** 2))
         fits = {}
@@ -367,7 +369,9 @@ class GroupFitter:
             if best in ("exp", "dev"):
                 fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
                 dchisq["sersic"] = chi2_none - fits["sersic"].chi2
-        return fits[select_model(dchisq)], dchisq
+        kind = select_model(dchisq)
+        fluxes = {k: f.sources[0].flux for k, f in fits.items()}
+        return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
 
 
 def _moved(src: Source, x: float, y: float) -> Source:
@@ -475,6 +479,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["group_id"] = np.array([r.group_id for r in results], np.int32)
     t["group_size"] = np.array([r.group_size for r in results], np.int16)
     t["dchisq"] = np.array([r.dchisq for r in results], float).reshape(n, 5)
+    t["hr_flux_err_model"] = np.sqrt([r.flux_var_model for r in results])
     t["flags"] = flags
     for col in ("FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO", "FLUX_RADIUS", "CLASS_STAR", "FLAGS"):
         t["sex_" + col.lower()] = cat[col]

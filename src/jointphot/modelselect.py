@@ -82,3 +82,18 @@ def select_model(dchisq: Dict[str, float]) -> str:
 def dchisq_vector(dchisq: Dict[str, float]) -> np.ndarray:
     """The catalogue's `dchisq` (5,) in DCHISQ_ORDER; NaN for candidates not fitted."""
     return np.array([dchisq.get(k, np.nan) for k in DCHISQ_ORDER], float)
+
+
+def model_choice_variance(dchisq: Dict[str, float], fluxes: Dict[str, float], chosen: str) -> float:
+    """Variance [flux^2] of a source's flux over its candidate models about the chosen model's
+    flux, each candidate weighted by its Akaike weight exp(-AIC / 2), AIC = chi^2 + 2 (NPARAMS + 1)
+    (chi^2 = -dchisq up to a constant).  Added to the flux error: at low S/N, where exp, dev and
+    ser fit almost equally well but give fluxes 5-20 % apart, the chosen model's own covariance
+    would understate the uncertainty."""
+    kinds = [k for k in dchisq if np.isfinite(dchisq[k]) and np.isfinite(fluxes.get(k, np.nan))]
+    if chosen not in kinds:
+        return 0.0
+    aic = np.array([-dchisq[k] + 2.0 * (NPARAMS[k] + 1) for k in kinds])
+    w = np.exp(-0.5 * (aic - aic.min()))
+    f = np.array([fluxes[k] for k in kinds])
+    return float(np.sum(w * (f - fluxes[chosen]) ** 2) / np.sum(w))
