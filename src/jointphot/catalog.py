@@ -67,7 +67,11 @@ COLUMNS = {
     "hr_flux_ujy": ("uJy", "HR flux in microjansky"),
     "hr_flux_ujy_err": ("uJy", "1-sigma error of hr_flux_ujy"),
     "{band}_flux": ("count", "forced LR flux, LR image counts (mag = lr_zp - 2.5 log10 flux); may be negative"),
-    "{band}_flux_err": ("count", "1-sigma error of the LR flux (joint fit of the tile, full covariance)"),
+    "{band}_flux_err": ("count", "1-sigma error of the LR flux: {band}_flux_err_fixed and {band}_flux_err_shape "
+                                  "in quadrature"),
+    "{band}_flux_err_fixed": ("count", "LR flux error with the HR shapes fixed (joint fit of the tile, full covariance, "
+                                        "measured noise correlation): the colour error, for SED fitting"),
+    "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order)"),
     "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
     "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
     "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),

@@ -20,6 +20,7 @@ noise_rescale).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import List
 
@@ -30,11 +31,13 @@ from astropy.table import Table, vstack
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .background import mesh_background
 from .conventions import FLAGS, image_to_reference
-from .detect import detection_settings, run_sextractor
+from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
-from .modelselect import dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
+from .modelselect import dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
+from .noise import noise_model_from_hdu, variance_factor, white_noise
 from .plan import get_tile, tile_path, tile_psf
 
 log = logging.getLogger("jointphot.fit_hr")
@@ -124,6 +127,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     with read_tile_file(tile_path(directory, tile_id, "hr_detections"), f"tile {tile_id}") as hdul:
         cat = Table(hdul["CATALOG"].data)
         segmap = hdul["SEGMAP"].data.astype(np.int32)
+        noise = noise_model_from_hdu(hdul["NOISE_ACF"])
+    # the weights are rescaled to the blank sky's scatter below: errors need the correlation only
+    correlation = dataclasses.replace(noise, scale=1.0)
     wcs = celestial_wcs(header, "hr cutout", f"tile {tile_id}")
     psf = tile_psf(plan, tile_id, "hr")
     sky, wfactor = sky_and_noise(image, invvar, ndimage.binary_dilation(segmap > 0, iterations=int(3 * psf.fwhm_pix) + 3),
@@ -134,7 +140,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     groups, _ = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
     numbers = np.asarray(cat["NUMBER"])
     re_max = segment_re_max(segmap, numbers, psf.fwhm_pix)
-    fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job)
+    fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job, correlation)
     results = fitter.fit_all(sources, groups, choose=job["hr_models"] == "legacy")
     # second pass: the sky from the residual of the first (source light no longer biases it), and
     # every group refitted with its chosen models from the first pass's solution
@@ -142,12 +148,15 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     n_residual = 0
     if fitted:
         resid = image - engine.render(image.shape, psf, [s for s, r in zip(fitted, results) if not r.failed])
-        _, sky_correction, _ = sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)
-        image = image - sky_correction
-        sky += float(sky_correction)
+        if job["hr_background_cell_arcsec"] > 0:
+            background = mesh_background(resid, invvar, int(round(job["hr_background_cell_arcsec"] / scale)))
+        else:
+            background = np.full(image.shape, sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)[1])
+        image = image - background
+        sky += float(np.median(background[invvar > 0])) if (invvar > 0).any() else 0.0
         # second detection pass: objects the first missed (inside a halo, merged into a segment)
-        extra, extra_seg = residual_detections(resid - sky_correction, image, invvar, fitted, psf, plan, directory,
-                                               header, start_number=int(numbers.max(initial=0)) + 1)
+        extra, extra_seg = residual_detections(resid - background, image, invvar, fitted, psf, plan, directory,
+                                               header, noise, start_number=int(numbers.max(initial=0)) + 1)
         n_residual = len(extra)
         new = set(range(len(fitted), len(fitted) + n_residual))
         if n_residual:
@@ -163,7 +172,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
             groups, _ = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
             choices = fitter.choices
             fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
-                                 psf, engine, job)
+                                 psf, engine, job, correlation)
             fitter.choices = choices
         fitter.image = image
         # every group refitted with its chosen models; groups that gained a residual detection choose again
@@ -179,7 +188,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_TILE"] = (tile_id, "tile id")
     hdr["JP_ENG"] = (engine.name, "fitting engine")
     hdr["JP_ENGV"] = (engine.version, "fitting engine version")
-    hdr["JP_SKY"] = (sky, "[count] HR sky level subtracted (frozen)")
+    hdr["JP_SKY"] = (sky, "[count] HR sky level subtracted (median of the local background)")
+    hdr["JP_BGCEL"] = (job["hr_background_cell_arcsec"], "[arcsec] HR local background cell (0: constant)")
     hdr["JP_WFAC"] = (wfactor, "factor applied to the HR inverse variance")
     hdr["JP_NRESD"] = (n_residual, "sources added by the detection on the first fit's residual")
     hdr["JP_PSFFW"] = (psf.fwhm_pix * scale, "[arcsec] HR PSF FWHM")
@@ -193,21 +203,25 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
                       tile_path(directory, tile_id, "hr_images"))
 
 
-def residual_detections(resid, image, invvar, sources, psf, plan, directory, header, start_number):
+def residual_detections(resid, image, invvar, sources, psf, plan, directory, header, noise, start_number):
     """(catalogue, segmentation map) of the significant detections on the first fit's residual
     that no fitted source explains, numbered from `start_number` (SExtractor with the tile's
-    detection settings).  Kept: S/N (FLUX_AUTO / FLUXERR_AUTO) >= RESIDUAL_MIN_SNR, farther than
+    detection settings, thresholds scaled for the noise model `noise` as in detect.detect_tile).
+    Kept: S/N (FLUX_AUTO / FLUXERR_AUTO, the error scaled for correlated noise by the square
+    root of the ACF's sum) >= RESIDUAL_MIN_SNR, farther than
     RESIDUAL_MIN_SEPARATION_FWHM PSF FWHM from every fitted source, and on a local maximum (within
     one FWHM) of the PSF-smoothed data, so that a model's mismatch (rings, arms) is not taken for
     a new object."""
     job = plan["job"]
     scale = plan["hr"]["pixel_scale_arcsec"]
     settings = detection_settings(scale, job["hr_zp"], psf.fwhm_pix * scale, job["sextractor_settings"])
+    settings = noise_scaled_settings(settings, noise, detection_kernel(settings, job["sex_command"], job["sexinputdir"]))
     cat, seg = run_sextractor(resid, out_dir=directory, settings=settings, sex_command=job["sex_command"],
                               weight=invvar, weight_type="MAP_WEIGHT", sexinputdir=job["sexinputdir"], header=header)
     if len(cat) == 0:
         return cat, np.zeros_like(seg)
-    snr = np.asarray(cat["FLUX_AUTO"], float) / np.maximum(np.asarray(cat["FLUXERR_AUTO"], float), 1e-30)
+    err = np.asarray(cat["FLUXERR_AUTO"], float) * np.sqrt(max(noise.correlation_sum, 1.0))
+    snr = np.asarray(cat["FLUX_AUTO"], float) / np.maximum(err, 1e-30)
     px = np.asarray(cat["XPEAK_IMAGE"], int) - 1
     py = np.asarray(cat["YPEAK_IMAGE"], int) - 1
     known = np.array([[s.x, s.y] for s in sources]) if sources else np.zeros((0, 2))
@@ -236,11 +250,13 @@ NO_CHOICE = Choice({}, 0.0)
 
 class GroupFitter:
     """Fits the groups of one tile: image [counts, sky subtracted], inverse variance, segmentation
-    map, SExtractor NUMBERs, per-detection r_e bounds [px], PSF, engine and job."""
+    map, SExtractor NUMBERs, per-detection r_e bounds [px], PSF, engine, job, and the noise's
+    correlation (noise.NoiseModel with scale 1; errors are scaled by its variance factor)."""
 
-    def __init__(self, image, invvar, segmap, numbers, re_max, psf, engine, job):
+    def __init__(self, image, invvar, segmap, numbers, re_max, psf, engine, job, correlation=None):
         self.image, self.invvar, self.segmap, self.numbers = image, invvar, segmap, numbers
         self.re_max, self.psf, self.engine, self.job = re_max, psf, engine, job
+        self.correlation = correlation or white_noise()
         #: source index -> Choice, kept from the pass that chose the model
         self.choices = {}
 
@@ -291,12 +307,26 @@ class GroupFitter:
         out = []
         for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members):
             choice = self.choices.get(i, NO_CHOICE)
+            # correlated noise: the errors scale with the variance factor of the source's flux weights
+            factor = self._noise_factor(img, ivar, s)
+            err = {k: v * np.sqrt(factor) for k, v in err.items()}
+            cov = None if cov is None else cov * factor
             err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
             failed = not (np.isfinite(s.flux) and np.isfinite(err["flux"]))
             out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
                                 fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(choice.dchisq),
                                 choice.flux_var))
         return out
+
+    def _noise_factor(self, img, ivar, src):
+        """Variance factor (noise.variance_factor) of the flux weights model x invvar of `src` on
+        its group's box: 1 for white noise, ~3.7 for a point source under ACS drizzle noise."""
+        if not (np.isfinite(src.flux) and (ivar > 0).any()) or self.correlation.max_lag == 0:
+            return 1.0
+        model = self.engine.render(img.shape, self.psf, [src.copy(flux=1.0)])
+        if not np.any(model * ivar):
+            return 1.0
+        return variance_factor(self.correlation, model * ivar, ivar)
 
     def _point_sources_as_galaxies(self, img, ivar, starts, fit, re_max):
         """hr_models 'sersic': each point-source candidate refitted as a Sersic galaxy, kept as one

@@ -1,15 +1,19 @@
 """Forced LR photometry of one tile: HR morphologies, moved by the astrometric offsets,
 convolved with the LR PSF; the fluxes of all sources of the tile are solved jointly.
 
-Noise is the LR VARIANCE plane (rescaled so that blank-sky pixels have unit chi scatter,
-job key noise_rescale); pixels in the ignored mask planes, non-finite pixels, pixels with
-non-positive variance and LR pixels outside the HR cutout's footprint get zero weight.
+Noise is the LR VARIANCE plane, rescaled by the per-pixel scale measured on source-free
+pixels (job key noise_rescale; detect.tile_noise); errors are scaled by the variance factor
+of each source's flux weights under the measured noise correlation (warped coadds).  Pixels
+in the ignored mask planes, non-finite pixels, pixels with non-positive variance and LR
+pixels outside the HR cutout's footprint get zero weight.
 Positions: HR position -> reference frame (HR offset) -> LR frame (LR offset) -> LR pixel.
 Shapes: the HR pixel-frame ellipse is mapped through both WCS Jacobians, so rotation,
 parity and pixel scale differences are exact.  LR flux errors combine the joint fit's
 covariance with the HR position/shape covariance propagated to first order.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from astropy.io import fits
@@ -18,9 +22,11 @@ from astropy.table import Table
 
 from . import conventions as cv
 from .engines.base import KIND_OF_TYPE, Source, from_standard, to_standard
+from .detect import tile_noise
 from .errors import JointphotError
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
+from .noise import variance_factor
 from .plan import tile_path, tile_psf
 
 #: A source is LR_MASKED when more than this fraction of its unit LR model lies on ignored pixels.
@@ -148,14 +154,18 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
     flux = np.full(len(hr_table), np.nan)
-    err = np.full(len(hr_table), np.nan)
+    err, err_fixed, err_shape = (np.full(len(hr_table), np.nan) for _ in range(3))
     masked = np.ones(len(hr_table))
     max_corr = np.zeros(len(hr_table))
     valid_all = np.zeros(len(hr_table), bool)
     idx = np.flatnonzero(np.isfinite(hr_table["hr_flux"]))
-    res, model, sky, wfactor = _solve_with_sky(image, invvar, psf, sources, engine, job["noise_rescale"])
-    image = image - sky
+    # the noise from source-free pixels (never from residuals, which hold model mismatch)
+    lr_noise = tile_noise(image, invvar, psf.image, psf.fwhm_pix)
+    wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
+    correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor
+    res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine)
+    image = image - sky
     chi2_dof = np.nan
     if res is not None:
         flux[idx], err[idx], masked[idx], valid_all[idx] = res.flux, res.flux_err, res.masked_fraction, res.valid
@@ -165,12 +175,15 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         np.fill_diagonal(corr, 0.0)
         max_corr[idx] = np.max(np.abs(np.nan_to_num(corr)), axis=1) if n > 1 else 0.0
         chi2_dof = res.chi2 / max(res.ndof, 1)
-        # add the HR shape/position uncertainty of each source to its LR flux error
         renderer = PSFRenderer(psf)
+        # the forced fit's error (shapes fixed: the colour error) under the measured noise correlation
+        factors = np.array([source_noise_factor(correlation, renderer, s, invvar) for s in sources])
+        err_fixed[idx] = res.flux_err * np.sqrt(factors)
+        # the HR shape/position uncertainty of each source, propagated to its LR flux
         covs = np.asarray(fitted["hr_param_cov"], float).reshape(-1, 7, 7)
-        extra = np.array([shape_variance(s, c, f, to_lr, renderer, invvar) if np.isfinite(f) else 0.0
-                          for s, c, f in zip(hr_sources, covs, res.flux)])
-        err[idx] = np.sqrt(res.flux_err ** 2 + extra)
+        err_shape[idx] = np.sqrt([shape_variance(s, c, f, to_lr, renderer, invvar) * k if np.isfinite(f) else 0.0
+                                  for s, c, f, k in zip(hr_sources, covs, res.flux, factors)])
+        err[idx] = np.hypot(err_fixed[idx], err_shape[idx])
     table = hr_table.copy()
     flags = np.asarray(table["flags"], np.int64)
     flags |= np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)
@@ -179,6 +192,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     table["flags"] = flags.astype(np.int32)
     table[f"{band}_flux"] = flux
     table[f"{band}_flux_err"] = err
+    table[f"{band}_flux_err_fixed"] = err_fixed
+    table[f"{band}_flux_err_shape"] = err_shape
     table[f"{band}_masked_frac"] = masked
     table[f"{band}_max_corr"] = max_corr
     add_magnitudes(table, "hr", job["hr_zp"])
@@ -186,7 +201,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr = hr_hdr
     hdr["JP_BAND"] = (band, "LR band name")
     hdr["JP_SKYL"] = (sky, "[count] LR sky level subtracted (frozen)")
-    hdr["JP_WFACL"] = (wfactor, "factor applied to the LR inverse variance")
+    hdr["JP_WFACL"] = (wfactor, "factor applied to the LR inverse variance (1 / noise scale^2)")
+    hdr["JP_NCORL"] = (float(np.sqrt(correlation.correlation_sum)), "LR noise: sqrt(sum of the autocorrelation)")
     hdr["JP_CHI2L"] = (chi2_dof if np.isfinite(chi2_dof) else -1.0, "LR fit chi^2 per degree of freedom (-1: no fit)")
     hdr["JP_MASKH"] = (mask_from_header, "LR mask planes from MP_ keywords (else HSC defaults)")
     hdr["JP_PSFFL"] = (psf.fwhm_pix * plan["lr"]["pixel_scale_arcsec"], "[arcsec] LR PSF FWHM")
@@ -223,28 +239,34 @@ def _inside_footprint(shape, lr_wcs, hr_wcs, hr_shape):
     return inside.reshape(shape).astype(float)
 
 
-def _solve_with_sky(image, invvar, psf, sources, engine, rescale, n_iter=3):
-    """Joint fluxes, a constant sky and the weight rescale factor, by alternating solves.
-
-    The sky is the clipped median of the residual (data - model) over the weighted pixels;
-    the factor makes the clipped scatter of residual * sqrt(invvar) one.  Returns
-    (FluxFit or None, model, sky [counts], factor).
-    """
+def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3):
+    """Joint fluxes and a constant sky by alternating solves (the sky: the clipped median of the
+    residual over the weighted pixels).  Returns (FluxFit or None, model, sky [counts])."""
     good = invvar > 0
-    sky, factor, res = 0.0, 1.0, None
+    sky, res = 0.0, None
     model = np.zeros(image.shape)
     if good.sum() < 50:
-        return None, model, sky, factor
+        return None, model, sky
     for _ in range(n_iter):
         if sources:
-            res = engine.solve_fluxes(image - sky, invvar * factor, psf, sources)
+            res = engine.solve_fluxes(image - sky, invvar, psf, sources)
             model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
-        resid = image - model
-        _, sky, _ = sigma_clipped_stats(resid[good], sigma=3.0, maxiters=10)
-        if rescale:
-            _, _, chi_std = sigma_clipped_stats((resid[good] - sky) * np.sqrt(invvar[good]), sigma=3.0, maxiters=10)
-            factor = 1.0 / chi_std ** 2 if chi_std > 0 else 1.0
+        _, sky, _ = sigma_clipped_stats((image - model)[good], sigma=3.0, maxiters=10)
     if sources:
-        res = engine.solve_fluxes(image - sky, invvar * factor, psf, sources)
+        res = engine.solve_fluxes(image - sky, invvar, psf, sources)
         model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
-    return res, model, float(sky), float(factor)
+    return res, model, float(sky)
+
+
+def source_noise_factor(correlation, renderer: PSFRenderer, src: Source, invvar) -> float:
+    """Variance factor (noise.variance_factor) of the flux weights (unit model x invvar) of `src`
+    under the noise `correlation`; 1 where the source has no weighted pixels."""
+    if correlation.max_lag == 0:
+        return 1.0
+    stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
+    sl_img, sl_st = overlap_slices(invvar.shape, stamp.shape, x0, y0)
+    if sl_img is None:
+        return 1.0
+    iv = invvar[sl_img]
+    weights = stamp[sl_st] * iv
+    return variance_factor(correlation, weights, iv) if np.any(weights) else 1.0

@@ -73,6 +73,9 @@ KEYS: Dict[str, tuple] = {
                                             "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
     "lr_psf_light_fraction": ("float", 1.0, "share of a point source's total light inside the LR PSF stamp, "
                                             "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
+    "hr_background_cell_arcsec": ("float", 0.0, "cell [\"] of a smooth HR background measured on the first fit's "
+                                                "residual and subtracted before the final fit (0: one constant per "
+                                                "tile; e.g. 3 under cluster halos)"),
     "hr_models": ("choice", "sersic", "HR models: sersic (point sources by SExtractor's rule, else a free "
                                       "Sersic) | legacy (psf/rex/exp/dev/ser chosen by the fit, the Legacy "
                                       "Surveys' rules)"),

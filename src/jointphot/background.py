@@ -1,0 +1,53 @@
+"""A smooth local background from a fit's residual (SExtractor-style mesh).
+
+The residual (data - model) of a first fit pass holds the sky, light no model explains (the
+halo of a big galaxy beyond its single-profile model, intra-cluster light, scattered light) and
+noise.  Its sigma-clipped median in square cells, interpolated bicubically, is a background
+that varies on the cell scale (no median filter over cells: the sources are modelled, and a
+filter would flatten a halo's peak by ~10 %): faint sources on a halo are then fitted against their local level instead of taking the halo's light (or a hole
+in it) into their fluxes, while a well-fitted isolated source, whose residual is noise, is
+left unbiased.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from scipy import ndimage
+from scipy.interpolate import RectBivariateSpline
+
+#: A cell needs this fraction of its pixels with data (weight > 0) to measure the background.
+MIN_CELL_COVERAGE = 0.3
+
+
+def mesh_background(resid: np.ndarray, invvar: np.ndarray, cell_pix: int) -> np.ndarray:
+    """Background [counts] on the image grid from the residual `resid` [counts] (pixels with
+    invvar == 0 ignored) in square cells of `cell_pix` pixels; a constant (the clipped median
+    of all pixels) when the image holds fewer than 2 x 2 cells."""
+    good = invvar > 0
+    if not good.any():
+        return np.zeros(resid.shape)
+    ny, nx = resid.shape
+    my, mx = max(1, int(round(ny / cell_pix))), max(1, int(round(nx / cell_pix)))
+    if my < 2 or mx < 2:
+        return np.full(resid.shape, float(sigma_clipped_stats(resid[good], sigma=3.0, maxiters=10)[1]))
+    ye = np.linspace(0, ny, my + 1).astype(int)
+    xe = np.linspace(0, nx, mx + 1).astype(int)
+    cells = np.full((my, mx), np.nan)
+    for j in range(my):
+        for i in range(mx):
+            sl = (slice(ye[j], ye[j + 1]), slice(xe[i], xe[i + 1]))
+            g = good[sl]
+            if g.mean() >= MIN_CELL_COVERAGE:
+                cells[j, i] = sigma_clipped_stats(resid[sl][g], sigma=3.0, maxiters=10)[1]
+    if np.isnan(cells).all():
+        return np.zeros(resid.shape)
+    # empty cells take the value of the nearest measured cell
+    missing = np.isnan(cells)
+    if missing.any():
+        nearest = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+        cells = cells[tuple(nearest)]
+    yc = 0.5 * (ye[:-1] + ye[1:]) - 0.5
+    xc = 0.5 * (xe[:-1] + xe[1:]) - 0.5
+    spline = RectBivariateSpline(yc, xc, cells, kx=min(3, my - 1), ky=min(3, mx - 1))
+    # beyond the outer cell centres the background stays at the edge's value (no extrapolation)
+    return spline(np.clip(np.arange(ny), yc[0], yc[-1]), np.clip(np.arange(nx), xc[0], xc[-1]))

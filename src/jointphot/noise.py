@@ -1,0 +1,184 @@
+"""The noise of an image measured from its blank sky: per-pixel scale and pixel-to-pixel correlation.
+
+Weight maps (HR inverse variance, the LR VARIANCE plane) give each pixel's variance, never the
+covariance of neighbouring pixels; drizzled and warped images have correlated noise, so a sum over
+many pixels (a flux fit, SExtractor's detection filter) is noisier than the weight map implies.
+On source-free pixels the normalised noise z = (image - sky) sqrt(invvar) has a robust sigma
+`scale` (1 when the weight map is right) and an autocorrelation function rho(dx, dy) (1 at lag 0).
+
+For a linear estimator F = sum_i w_i x_i of pixel values x_i with sigma_i = scale / sqrt(invvar_i),
+Var F = sum_ij w_i w_j sigma_i sigma_j rho(i - j), while the weight map implies
+sum_i w_i^2 / invvar_i.  With u_i = w_i / sqrt(invvar_i) their ratio is
+
+    variance_factor = scale^2 sum_lag rho(lag) (u * u)(lag) / sum_i u_i^2,
+
+(u * u) the autocorrelation of u: 1 for white noise with a right weight map, sum(rho) for an
+aperture much larger than the correlation length.  Correlations are measured (and used) up to
+the lag `max_lag` in x and y.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from scipy import fft, ndimage
+from scipy.signal import fftconvolve
+
+from .errors import JointphotError
+
+#: Robust sigma of a normal sample = this x its median absolute deviation.
+MAD_TO_SIGMA = 1.4826
+#: Fewest source-free pixels per correlation lag measured ((2 max_lag + 1)^2 lags).
+MIN_PIXELS_PER_LAG = 20
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Measured noise of an image.
+
+    scale : robust sigma of z = (image - sky) sqrt(invvar) on blank sky (the factor by which the
+        weight map underestimates the per-pixel noise sigma; 1 if it is right).
+    acf : (2K+1, 2K+1) autocorrelation of z, ``acf[K + dy, K + dx] = rho(dx, dy)``, ``acf[K, K] = 1``.
+    npix : number of source-free pixels it was measured on.
+    """
+    scale: float
+    acf: np.ndarray
+    npix: int
+
+    @property
+    def max_lag(self) -> int:
+        """Largest lag K [px] in x and y."""
+        return self.acf.shape[0] // 2
+
+    @property
+    def correlation_sum(self) -> float:
+        """Sum of rho over all measured lags: the variance factor of a large aperture (scale 1)."""
+        return float(self.acf.sum())
+
+
+def white_noise(scale=1.0) -> NoiseModel:
+    """NoiseModel of uncorrelated noise with per-pixel sigma `scale` x the weight map's."""
+    return NoiseModel(float(scale), np.ones((1, 1)), 0)
+
+
+def measure_noise(image, invvar, source_mask, max_lag=8, background_box=64, clip_sigma=4.0) -> NoiseModel:
+    """NoiseModel of `image` from its pixels with invvar > 0 and not in `source_mask`.
+
+    image : 2-D array [counts]; invvar : inverse variance of each pixel [counts^-2], same shape.
+    source_mask : bool array, True on sources (pass a dilated segmentation or :func:`source_mask`).
+    max_lag : K [px]; rho is measured for |dx|, |dy| <= K.
+    background_box : side [px] of the running box whose mean of the blank pixels is the sky
+        (follows gradients and halos; a box of B px lowers rho by ~sum(rho)/B^2); None: one
+        constant, the sigma-clipped median.
+    clip_sigma : blank pixels with |z| > clip_sigma x scale (source pixels the mask missed)
+        are left out of the sky and of rho.
+
+    rho is the FFT autocorrelation of z over the kept pixels divided by that of the mask itself
+    (the number of pixel pairs at each lag), so holes and edges do not bias it.
+    """
+    image = np.asarray(image, float)
+    invvar = np.asarray(invvar, float)
+    if image.ndim != 2 or image.shape != invvar.shape or np.shape(source_mask) != image.shape:
+        raise JointphotError(f"noise measurement: image {image.shape}, invvar {invvar.shape} and source mask "
+                             f"{np.shape(source_mask)} must be 2-D arrays of one shape")
+    max_lag = int(max_lag)
+    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0) & ~np.asarray(source_mask, bool)
+    needed = MIN_PIXELS_PER_LAG * (2 * max_lag + 1) ** 2
+    if good.sum() < needed:
+        raise JointphotError(f"noise measurement: {int(good.sum())} source-free pixels, fewer than the {needed} "
+                             f"needed for correlations up to {max_lag} px")
+    sigma = np.sqrt(np.where(good, invvar, 0.0))
+    keep = good
+    for _ in range(2):   # sky and scale from the blank pixels, then again without the clipped ones
+        z = (image - _sky(image, keep, background_box)) * sigma
+        scale = MAD_TO_SIGMA * float(np.median(np.abs(z[good])))
+        if scale == 0:
+            raise JointphotError("noise measurement: the source-free pixels have no noise (all equal)")
+        keep = good & (np.abs(z) < clip_sigma * scale)
+    z = np.where(keep, z / scale, 0.0)
+    shape = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
+    pairs = _autocorrelation(keep.astype(float), shape, max_lag)
+    acf = _autocorrelation(z, shape, max_lag) / np.maximum(pairs, 1.0)
+    return NoiseModel(scale, acf / acf[max_lag, max_lag], int(keep.sum()))
+
+
+def source_mask(image, invvar, kernel, nsigma=4.0, dilate_pix=10, background_box=64, niter=3):
+    """Bool mask of sources: where the `kernel`-filtered normalised image exceeds `nsigma` times its
+    own robust sigma on the unmasked pixels (measured, so right whatever the noise correlation),
+    dilated by `dilate_pix` [px].  Repeated `niter` times, each time with the sky (as in
+    :func:`measure_noise`) and the sigma from the pixels left unmasked by the previous pass, so
+    that faint wings and halos lift neither."""
+    image = np.asarray(image, float)
+    invvar = np.asarray(invvar, float)
+    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0)
+    sigma = np.sqrt(np.where(good, invvar, 0.0))
+    kernel = np.asarray(kernel, float) / np.sum(kernel)
+    mask = np.zeros(image.shape, bool)
+    for _ in range(niter):
+        free = good & ~mask
+        if not free.any():
+            break
+        z = np.where(good, (image - _sky(image, free, background_box)) * sigma, 0.0)
+        filtered = fftconvolve(z, kernel, mode="same")
+        centre = np.median(filtered[free])
+        level = MAD_TO_SIGMA * np.median(np.abs(filtered[free] - centre))
+        mask = good & (filtered > centre + nsigma * level)
+        if dilate_pix > 0:
+            mask = ndimage.binary_dilation(mask, iterations=int(dilate_pix))
+    return mask
+
+
+def variance_factor(noise_model: NoiseModel, weights, invvar=None) -> float:
+    """True variance / weight-map variance of F = sum(weights x image) (see the module docstring).
+
+    weights : 2-D array of pixel weights w (e.g. a flux fit's model x invvar / sum(model^2 invvar),
+        or a detection filter kernel); only their shape matters (the ratio is scale-free).
+    invvar : inverse variance of the same pixels, or None for pixels of equal variance.
+    Includes scale^2; for the correlation alone use ``dataclasses.replace(model, scale=1.0)``
+    (e.g. when the inverse variance was already rescaled by 1 / scale^2).
+    """
+    u = np.asarray(weights, float)
+    if invvar is not None:
+        invvar = np.asarray(invvar, float)
+        u = np.where(invvar > 0, u / np.sqrt(np.where(invvar > 0, invvar, 1.0)), 0.0)
+    white = float(np.sum(u ** 2))
+    if white == 0:
+        raise JointphotError("variance_factor: the weights are all zero")
+    correlated = float(np.sum(u * fftconvolve(u, noise_model.acf, mode="same")))
+    return noise_model.scale ** 2 * correlated / white
+
+
+def noise_model_hdu(noise_model: NoiseModel, name="NOISE_ACF"):
+    """FITS image HDU of a NoiseModel: the ACF as data, scale and pixel count in the header."""
+    hdu = fits.ImageHDU(np.asarray(noise_model.acf, np.float32), name=name)
+    hdu.header["JP_NSCAL"] = (noise_model.scale, "noise sigma / weight-map sigma, blank sky")
+    hdu.header["JP_NPIX"] = (noise_model.npix, "source-free pixels measured")
+    hdu.header["COMMENT"] = "rho(dx, dy) at 0-based pixel [K + dy, K + dx], K = NAXIS1 // 2"
+    return hdu
+
+
+def noise_model_from_hdu(hdu) -> NoiseModel:
+    """NoiseModel back from :func:`noise_model_hdu` (e.g. ``hdul["NOISE_ACF"]`` of a detections file)."""
+    acf = np.asarray(hdu.data, float)
+    if acf.ndim != 2 or acf.shape[0] != acf.shape[1] or acf.shape[0] % 2 == 0:
+        raise JointphotError(f"{hdu.name}: noise ACF must be a square array of odd size, got {acf.shape}")
+    return NoiseModel(float(hdu.header["JP_NSCAL"]), acf, int(hdu.header["JP_NPIX"]))
+
+
+def _sky(image, good, box):
+    """Sky [counts]: mean of the `good` pixels in a running box of `box` px, or their clipped median."""
+    if box is None:
+        return float(sigma_clipped_stats(image[good], sigma=3.0, maxiters=10)[1])
+    weight = ndimage.uniform_filter(good.astype(float), box, mode="constant")
+    total = ndimage.uniform_filter(np.where(good, image, 0.0), box, mode="constant")
+    return total / np.maximum(weight, 1e-12)
+
+
+def _autocorrelation(values, shape, max_lag):
+    """sum_x values(x) values(x + lag) for |lag| <= max_lag in x and y, zero-padded to `shape` (no wrap)."""
+    power = np.abs(fft.rfft2(values, shape)) ** 2
+    full = fft.irfft2(power, shape)
+    lags = np.arange(-max_lag, max_lag + 1)
+    return full[np.ix_(lags % shape[0], lags % shape[1])]

@@ -1,0 +1,23 @@
+"""The smooth local background (background.py)."""
+import numpy as np
+
+from jointphot.background import mesh_background
+
+
+def test_mesh_background_follows_a_smooth_halo_and_leaves_white_noise_alone():
+    rng = np.random.default_rng(4)
+    ny, nx = 400, 500
+    yy, xx = np.mgrid[:ny, :nx]
+    halo = 0.5 * np.exp(-((xx - 250) ** 2 + (yy - 200) ** 2) / (2 * 150.0 ** 2))   # a wide halo
+    noise = rng.normal(0.0, 1.0, (ny, nx))
+    invvar = np.ones((ny, nx))
+    invvar[:, :40] = 0.0                                                     # no data on one side
+    inner = (slice(60, 340), slice(100, 400))
+    assert np.abs(mesh_background(halo, invvar, cell_pix=50) - halo)[inner].max() < 0.01   # 2 % of the peak
+    # with noise: a cell's median has an error of 1.25 / 50 = 0.025
+    bg = mesh_background(halo + noise, invvar, cell_pix=50)
+    assert np.abs(bg - halo)[inner].max() < 0.08 and np.abs(bg - halo)[inner].mean() < 0.02
+    flat = mesh_background(noise, invvar, cell_pix=50)
+    assert np.abs(flat[invvar > 0]).max() < 0.1 and abs(np.mean(flat[inner])) < 0.01
+    # fewer than 2 x 2 cells: one constant, the clipped median
+    assert np.ptp(mesh_background(noise, invvar, cell_pix=400)) == 0.0

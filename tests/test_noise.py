@@ -1,0 +1,127 @@
+"""noise.py on GalSim noise with known correlation (no mocks).
+
+COSMOS noise: galsim.getCOSMOSNoise() at 0.03"/px (jointphot.simulate.cosmos_noise), whose exact
+correlation function GalSim draws: adjacent pixels 0.48, variance of a 7x7 box sum 3.79x (1.95^2)
+what independent pixels give.
+"""
+import dataclasses
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from jointphot.errors import JointphotError
+from jointphot.noise import (NoiseModel, measure_noise, noise_model_from_hdu, noise_model_hdu, source_mask,
+                             variance_factor, white_noise)
+from jointphot.simulate import HR_SCALE, cosmos_noise
+
+NPIX = 360
+K = 8                    # max_lag
+SIGMA = 0.5              # counts: per-pixel sigma the weight map states
+SCALE = 1.3              # true per-pixel sigma / stated
+KERNEL_G28 = np.outer(*[np.exp(-0.5 * (np.arange(-3, 4) / (2.8 / 2.3548)) ** 2)] * 2)
+
+
+def exact_cosmos_acf(max_lag=K):
+    """GalSim's own correlation function of the COSMOS noise, (2K+1)^2 lags, 1 at lag 0."""
+    n = 2 * max_lag + 1
+    return galsim.getCOSMOSNoise().withVariance(1.0).drawImage(galsim.ImageD(n, n, scale=HR_SCALE)).array
+
+
+@pytest.fixture(scope="module")
+def cosmos_field():
+    """Sky-level 7 counts + COSMOS noise of per-pixel sigma SCALE x SIGMA; invvar says SIGMA (varies +-20 %
+    over the field, the noise with it); 20 bright exponential blobs (sources) on top."""
+    rng = np.random.default_rng(13)
+    ramp = np.linspace(0.8, 1.2, NPIX)[None, :] * np.ones((NPIX, 1))
+    noise = cosmos_noise(galsim, (NPIX, NPIX), rng) * SCALE * SIGMA * ramp
+    invvar = 1.0 / (SIGMA * ramp) ** 2
+    yy, xx = np.mgrid[:NPIX, :NPIX]
+    sources = np.zeros((NPIX, NPIX))
+    for x, y in rng.uniform(20, NPIX - 20, (20, 2)):
+        sources += 50.0 * np.exp(-np.hypot(xx - x, yy - y) / 2.5)
+    return {"noise": 7.0 + noise, "image": 7.0 + noise + sources, "sources": sources, "invvar": invvar}
+
+
+def test_cosmos_correlation_is_recovered(cosmos_field):
+    model = measure_noise(cosmos_field["noise"], cosmos_field["invvar"], np.zeros((NPIX, NPIX), bool), max_lag=K)
+    exact = exact_cosmos_acf()
+    assert model.max_lag == K and model.acf.shape == (2 * K + 1,) * 2 and model.acf[K, K] == 1.0
+    assert model.scale == pytest.approx(SCALE, rel=0.02)
+    assert model.npix > 0.99 * NPIX ** 2
+    assert exact[K, K + 1] == pytest.approx(0.48, abs=0.005)
+    for adjacent in (model.acf[K, K + 1], model.acf[K, K - 1], model.acf[K + 1, K], model.acf[K - 1, K]):
+        assert adjacent == pytest.approx(0.48, abs=0.02)
+    assert np.abs(model.acf - exact).max() < 0.03
+    white = measure_noise(np.random.default_rng(2).normal(0, 1, (NPIX, NPIX)), np.ones((NPIX, NPIX)),
+                          np.zeros((NPIX, NPIX), bool), max_lag=K)
+    off_centre = np.ones_like(white.acf, bool)
+    off_centre[K, K] = False
+    assert np.abs(white.acf[off_centre]).max() < 0.015 and white.scale == pytest.approx(1.0, rel=0.02)
+
+
+def test_sources_are_masked_and_clipped(cosmos_field):
+    """With 20 bright sources, the mask of the filtered image (its own sigma) keeps scale and rho right."""
+    mask = source_mask(cosmos_field["image"], cosmos_field["invvar"], KERNEL_G28, dilate_pix=8)
+    assert mask[cosmos_field["sources"] > 0.5 * SIGMA].all()         # every source pixel above 0.5 sigma
+    assert 0.03 < mask.mean() < 0.3
+    unmasked = measure_noise(cosmos_field["image"], cosmos_field["invvar"], np.zeros((NPIX, NPIX), bool), max_lag=K)
+    assert unmasked.acf[K, K + 4] > 0.05          # sources wreck rho when not masked (exact: 0.007)
+    model = measure_noise(cosmos_field["image"], cosmos_field["invvar"], mask, max_lag=K)
+    assert model.scale == pytest.approx(SCALE, rel=0.03)
+    assert np.abs(model.acf - exact_cosmos_acf()).max() < 0.03
+
+
+def test_variance_factor_of_a_7x7_box(cosmos_field):
+    """The 7x7 box sum: 1.9^2 (GalSim's exact correlation gives 1.95^2) x SCALE^2; the same from the
+    scatter of 2500 disjoint box sums of the noise itself; 1 for white noise."""
+    box = np.ones((7, 7))
+    model = measure_noise(cosmos_field["noise"], cosmos_field["invvar"], np.zeros((NPIX, NPIX), bool), max_lag=K)
+    correlation_only = variance_factor(dataclasses.replace(model, scale=1.0), box)
+    assert correlation_only == pytest.approx(1.9 ** 2, rel=0.1)
+    assert correlation_only == pytest.approx(variance_factor(NoiseModel(1.0, exact_cosmos_acf(), 0), box), rel=0.1)
+    assert variance_factor(model, box) == pytest.approx(model.scale ** 2 * correlation_only)
+
+    sums = cosmos_noise(galsim, (350, 350), np.random.default_rng(5)).reshape(50, 7, 50, 7).sum(axis=(1, 3))
+    assert np.var(sums) / 49 == pytest.approx(correlation_only, rel=0.12)
+    assert variance_factor(white_noise(), box) == pytest.approx(1.0)
+
+
+def test_variance_factor_is_the_exact_quadratic_form():
+    """w^T C w / sum(w^2 / invvar) with C_ij = sigma_i sigma_j scale^2 rho(i - j), on a small stamp
+    with unequal pixel variances."""
+    rng = np.random.default_rng(1)
+    acf = np.zeros((5, 5))
+    acf[2, 2], acf[2, 3], acf[2, 1], acf[3, 2], acf[1, 2], acf[3, 3], acf[1, 1] = 1, .4, .4, .3, .3, .1, .1
+    model = NoiseModel(1.7, acf, 0)
+    weights, invvar = rng.normal(size=(6, 6)), rng.uniform(0.5, 2.0, (6, 6))
+    y, x = np.divmod(np.arange(36), 6)
+    dy, dx = y[:, None] - y[None, :], x[:, None] - x[None, :]
+    near = (np.abs(dy) <= 2) & (np.abs(dx) <= 2)
+    rho = np.where(near, acf[np.clip(dy + 2, 0, 4), np.clip(dx + 2, 0, 4)], 0.0)
+    sigma = 1.0 / np.sqrt(invvar.ravel())
+    cov = 1.7 ** 2 * rho * sigma[:, None] * sigma[None, :]
+    w = weights.ravel()
+    assert variance_factor(model, weights, invvar) == pytest.approx(w @ cov @ w / np.sum(w ** 2 / invvar.ravel()))
+
+
+def test_model_round_trips_through_fits(cosmos_field, tmp_path):
+    model = measure_noise(cosmos_field["noise"], cosmos_field["invvar"], np.zeros((NPIX, NPIX), bool), max_lag=4)
+    fits.HDUList([fits.PrimaryHDU(), noise_model_hdu(model)]).writeto(tmp_path / "n.fits")
+    with fits.open(tmp_path / "n.fits") as hdul:
+        back = noise_model_from_hdu(hdul["NOISE_ACF"])
+    assert back.scale == model.scale and back.npix == model.npix and np.allclose(back.acf, model.acf, atol=1e-7)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(JointphotError, match="source-free pixels"):
+        measure_noise(np.zeros((40, 40)), np.ones((40, 40)), np.zeros((40, 40), bool), max_lag=8)
+    with pytest.raises(JointphotError, match="no noise"):
+        measure_noise(np.zeros((100, 100)), np.ones((100, 100)), np.zeros((100, 100), bool), max_lag=8)
+    with pytest.raises(JointphotError, match="one shape"):
+        measure_noise(np.zeros((40, 40)), np.ones((40, 30)), np.zeros((40, 40), bool))
+    with pytest.raises(JointphotError, match="all zero"):
+        variance_factor(white_noise(), np.zeros((3, 3)))
+    with pytest.raises(JointphotError, match="NOISE_ACF.*odd"):
+        noise_model_from_hdu(fits.ImageHDU(np.ones((4, 4)), name="NOISE_ACF"))
