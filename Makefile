@@ -15,7 +15,7 @@ example: data
 	    -o $(CURDIR)/example-output/catalog.fits
 
 test: data
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
 
 benchmark: data
 	$(PYTHON) scripts/benchmark

@@ -417,9 +417,10 @@ def noise_scaled_settings(settings, noise_model, kernel):
     return settings
 
 
-def tile_noise(image, invvar, kernel, fwhm_pix):
-    """NoiseModel of an HR cutout [counts, inverse variance]; white noise, with a warning, when too
-    little blank sky is left.
+def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True):
+    """NoiseModel of a cutout [counts, inverse variance] with correlations up to `max_lag` px
+    (default NOISE_MAX_LAG); white noise when too little blank sky is left (with a warning, or an
+    info message when `warn` is False).
 
     Source mask: :func:`jointphot.noise.source_mask` (the `kernel`-filtered image above 4 of its own
     robust sigmas, 3 passes, dilated by 3 FWHM + 3 px as fit_hr's sky mask), not a first SExtractor
@@ -430,9 +431,9 @@ def tile_noise(image, invvar, kernel, fwhm_pix):
     mask = source_mask(image, invvar, kernel, nsigma=SOURCE_MASK_NSIGMA, dilate_pix=int(3 * fwhm_pix) + 3,
                        background_box=NOISE_SKY_BOX)
     try:
-        return measure_noise(image, invvar, mask, max_lag=NOISE_MAX_LAG, background_box=NOISE_SKY_BOX)
+        return measure_noise(image, invvar, mask, max_lag=max_lag or NOISE_MAX_LAG, background_box=NOISE_SKY_BOX)
     except JointphotError as exc:
-        logger.warning("%s; assuming uncorrelated noise", exc)
+        (logger.warning if warn else logger.info)("%s; assuming uncorrelated noise", exc)
         return white_noise()
 
 

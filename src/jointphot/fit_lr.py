@@ -29,6 +29,8 @@ from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, s
 from .noise import variance_factor
 from .plan import tile_path, tile_psf
 
+#: Correlations of the LR noise are measured up to this lag [px] (a warp kernel reaches 3 px).
+LR_NOISE_MAX_LAG = 4
 #: A source is LR_MASKED when more than this fraction of its unit LR model lies on ignored pixels.
 MASKED_FRACTION_LIMIT = 0.2
 #: A source is LR_BLENDED when its flux correlation with a neighbour exceeds this (absolute).
@@ -159,8 +161,10 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     max_corr = np.zeros(len(hr_table))
     valid_all = np.zeros(len(hr_table), bool)
     idx = np.flatnonzero(np.isfinite(hr_table["hr_flux"]))
-    # the noise from source-free pixels (never from residuals, which hold model mismatch)
-    lr_noise = tile_noise(image, invvar, psf.image, psf.fwhm_pix)
+    # the noise from source-free pixels (never from residuals, which hold model mismatch); an LR
+    # cutout of a small tile may have too few (then white noise of the VARIANCE plane's scale,
+    # recorded as JP_NCORL = 1 and JP_WFACL = 1)
+    lr_noise = tile_noise(image, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False)
     wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
     correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor
