@@ -172,6 +172,38 @@ def test_sersic_index_stays_in_the_mixture_range(engine):
         assert fit.at_bound[0]
 
 
+@pytest.mark.parametrize("n, re", [(0.6, 3.0), (0.8, 6.0), (0.9, 6.0)])
+def test_low_index_sersic_is_found_from_a_distant_start(engine, n, re):
+    """A noiseless GalSim Sersic of index 0.6-0.9 started at n = 1.5, r_e x 1.3: the fit reaches the
+    truth (the native engine used to overshoot to n = 0.5 and stay there, fluxes 1-11 % low)."""
+    sigma = 1.42
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    truth = Source("sersic", 40.3, 40.6, 1000.0, re=re, ab=0.7, phi=30.0, n=n)
+    image = truthcheck.galsim_image((81, 81), [truth], sigma)
+    fit = engine.fit_group(image, np.ones_like(image), psf, [truth.copy(n=1.5, re=1.3 * re, flux=800.0)],
+                           max_iter=50)
+    assert fit.sources[0].n == pytest.approx(n, abs=0.02)
+    assert fit.sources[0].flux == pytest.approx(1000.0, rel=2e-3)
+    assert not fit.at_bound[0]
+
+
+def test_a_parameter_held_at_its_bound_is_not_marginalised(engine):
+    """An r_e bound below the truth: r_e is held there; the flux error is that of the other parameters
+    (not inflated by a direction the bound forbids) and r_e's own error is 0."""
+    sigma = 1.5
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    shape = (61, 61)
+    truth = Source("exp", 30.2, 29.7, 2000.0, re=8.0, ab=0.8, phi=10.0)
+    rng = np.random.default_rng(7)
+    image = engine.render(shape, psf, [truth]) + rng.normal(0, 1.0, shape)
+    fit = engine.fit_group(image, np.ones(shape), psf, [truth.copy(re=3.0)], re_max=[4.0], max_iter=30)
+    assert fit.at_bound[0] and fit.sources[0].re == pytest.approx(4.0, rel=1e-6)
+    assert fit.errors[0]["re"] == 0.0
+    # the flux error lies between that of the flux alone and that with r_e free as well
+    shape_fixed = engine.solve_fluxes(image, np.ones(shape), psf, [fit.sources[0].copy(flux=1.0)]).flux_err[0]
+    assert shape_fixed <= fit.errors[0]["flux"] < 1.5 * shape_fixed
+
+
 # --- linear flux solve ------------------------------------------------------------------------
 
 def test_solve_fluxes_matches_a_direct_linear_solve(engine):

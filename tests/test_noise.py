@@ -14,7 +14,7 @@ from astropy.io import fits
 from jointphot.errors import JointphotError
 from jointphot.noise import (NoiseModel, measure_noise, noise_model_from_hdu, noise_model_hdu, source_mask,
                              variance_factor, white_noise)
-from jointphot.simulate import HR_SCALE, cosmos_noise
+from jointphot.simulate import cosmos_acf, cosmos_noise
 
 NPIX = 360
 K = 8                    # max_lag
@@ -25,8 +25,7 @@ KERNEL_G28 = np.outer(*[np.exp(-0.5 * (np.arange(-3, 4) / (2.8 / 2.3548)) ** 2)]
 
 def exact_cosmos_acf(max_lag=K):
     """GalSim's own correlation function of the COSMOS noise, (2K+1)^2 lags, 1 at lag 0."""
-    n = 2 * max_lag + 1
-    return galsim.getCOSMOSNoise().withVariance(1.0).drawImage(galsim.ImageD(n, n, scale=HR_SCALE)).array
+    return cosmos_acf(galsim, max_lag)
 
 
 @pytest.fixture(scope="module")

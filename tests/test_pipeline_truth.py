@@ -43,7 +43,7 @@ def test_hr_fluxes_against_truth(native_run):
     med, sig, n = f["hr_chi"]
     print(f)
     assert n >= 150
-    assert abs(med) < 0.15 and 0.8 < sig < 1.25
+    assert abs(med) < truthcheck.median_chi_limit(n) and 0.8 < sig < 1.25
 
 
 def test_lr_fluxes_against_truth(native_run):
@@ -52,7 +52,7 @@ def test_lr_fluxes_against_truth(native_run):
     med, sig, n = f["lr_chi"]
     print(f)
     assert n >= 150
-    assert abs(med) < 0.15 and 0.8 < sig < 1.25
+    assert abs(med) < truthcheck.median_chi_limit(n) and 0.8 < sig < 1.25
 
 
 def test_lr_point_sources_against_truth(native_run):

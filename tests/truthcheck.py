@@ -3,7 +3,13 @@
 Thresholds (issue 2): for isolated sources with HR S/N > 20, the median of
 (measured - true) / error within +-0.15 and the robust sigma (1.4826 MAD) within
 0.8-1.25, for HR and LR fluxes; completeness > 95 % at HR S/N > 10; median astrometric
-offset < 5 mas; no duplicates.
+offset < 5 mas; no duplicates.  On ONE field the median of N chi values is uncertain by
+~1.25/sqrt(N) (0.09 for the example field's ~190 sources): there the median is held to
+median_chi_limit(N) = max(0.15, 3 x 1.25/sqrt(N)), a gross-bias check, and the +-0.15
+criterion is asserted per type and S/N bin over three seeds (>= 150 sources per bin) by
+test_statistics.py.  (On the example field, seed 1, the 41 isolated stars with S/N > 50 have
+chi median +0.32 and robust sigma 0.45 even for the ideal estimator, a linear fit of the true
+PSF at the true position: that is the noise realisation, not the pipeline.)
 
 Per type and HR S/N bin (issues 12, 13; scripts/validate): flux_rows -> binned_flux_figures, and
 the detection figures spurious_per_arcmin2 and detections_per_tile.
@@ -42,6 +48,11 @@ def match(cat, truth, radius_arcsec=MATCH_RADIUS_ARCSEC):
     dist, idx = cKDTree(_xy_arcsec(cat, dec0)).query(_xy_arcsec(truth, dec0), distance_upper_bound=radius_arcsec)
     idx = np.where(np.isfinite(dist), idx, -1)
     return idx, dist * 1000.0
+
+
+def median_chi_limit(n):
+    """Bound on |median chi| of n sources of one field: 0.15, or 3 standard errors of the median."""
+    return max(0.15, 3.0 * 1.25 / math.sqrt(max(n, 1)))
 
 
 def robust_stats(chi):
@@ -87,7 +98,7 @@ def check_catalog_against_truth(catalog_path, truth_path, band="lr"):
     for key in ("hr_chi", "lr_chi"):
         med, sig, n = f[key]
         assert n >= 150, (key, f)
-        assert abs(med) < 0.15, (key, f)
+        assert abs(med) < median_chi_limit(n), (key, f)
         assert 0.8 < sig < 1.25, (key, f)
     assert f["completeness_snr10"] > 0.95, f
     assert f["median_offset_mas"] < 5.0, f
@@ -111,6 +122,7 @@ def flux_rows(cat, truth, band="lr"):
         "lr_true": np.asarray(t["lr_flux"], float),
         "lr_flux": np.asarray(cat[f"{band}_flux"], float)[m],
         "lr_err": np.asarray(cat[f"{band}_flux_err"], float)[m],
+        "lr_hr_cov": np.asarray(cat[f"{band}_hr_flux_cov"], float)[m],
         "lr_ok": np.asarray(cat[f"{band}_masked_frac"], float)[m] < LR_MASKED_MAX,
     })
 
@@ -118,8 +130,8 @@ def flux_rows(cat, truth, band="lr"):
 def flux_figures(rows):
     """{'hr'|'lr': (N, median fractional bias, median chi, robust sigma of chi), 'colour': (N, median
     chi, robust sigma)} of flux_rows; chi = (measured - true) / error, fractional bias = measured/true - 1.
-    Colour chi = (LR/HR measured - true LR/HR) / (LR error / HR measured) = (lr - true_ratio * hr) / lr_err:
-    the LR flux against the true colour times the measured HR flux."""
+    Colour chi = (lr - c hr) / sqrt(lr_err^2 - 2 c cov + c^2 hr_err^2), c the true LR/HR ratio and cov the
+    catalogue's LR-HR flux covariance through the HR shape: the measured LR/HR colour against the true one."""
     out = {}
     for band, ok in (("hr", np.ones(len(rows), bool)), ("lr", np.asarray(rows["lr_ok"], bool))):
         r = rows[ok]
@@ -127,8 +139,9 @@ def flux_figures(rows):
         med, sig, n = robust_stats((flux - true) / err) if len(r) else (math.nan, math.nan, 0)
         out[band] = (n, float(np.median(flux / true - 1.0)) if n else math.nan, med, sig)
     r = rows[np.asarray(rows["lr_ok"], bool)]
-    colour_chi = (np.asarray(r["lr_flux"]) - np.asarray(r["lr_true"]) / np.asarray(r["hr_true"])
-                  * np.asarray(r["hr_flux"])) / np.asarray(r["lr_err"])
+    c = np.asarray(r["lr_true"]) / np.asarray(r["hr_true"])
+    colour_var = np.asarray(r["lr_err"]) ** 2 - 2 * c * np.asarray(r["lr_hr_cov"]) + (c * np.asarray(r["hr_err"])) ** 2
+    colour_chi = (np.asarray(r["lr_flux"]) - c * np.asarray(r["hr_flux"])) / np.sqrt(colour_var)
     med, sig, n = robust_stats(colour_chi) if len(r) else (math.nan, math.nan, 0)
     out["colour"] = (n, med, sig)
     return out

@@ -9,6 +9,7 @@ import re
 
 from astropy.table import Table
 
+from .apcorr import CARD_COMMENTS, CARDS
 from .conventions import FLAG_MEANINGS, FLAGS
 from .engines.base import SERSIC_N_RANGE
 from .modelselect import SELECTION_SUMMARY
@@ -47,7 +48,7 @@ COLUMNS = {
     "group_id": ("", "HR fit group within the tile"),
     "group_size": ("", "sources fitted together in the HR group"),
     "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser "
-                   "(NaN: not fitted)"),
+                   "(NaN: not fitted), divided by the noise's variance factor for a point source"),
     "hr_param_cov": ("", "HR parameter covariance, 7x7 row-major in the order x, y [pix], flux [count], "
                          "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks)"),
     "flags": ("", "bit mask, see the flags table"),
@@ -70,8 +71,11 @@ COLUMNS = {
     "{band}_flux_err": ("count", "1-sigma error of the LR flux: {band}_flux_err_fixed and {band}_flux_err_shape "
                                   "in quadrature"),
     "{band}_flux_err_fixed": ("count", "LR flux error with the HR shapes fixed (joint fit of the tile, full covariance, "
-                                        "measured noise correlation): the colour error, for SED fitting"),
+                                        "measured noise correlation): the error of colours between LR bands, which "
+                                        "share the HR shapes (SED fitting)"),
     "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order)"),
+    "{band}_hr_flux_cov": ("count2", "covariance of {band}_flux with hr_flux through the HR shape (first order; LR x HR "
+                                     "counts): var(lr/hr) = (err_lr^2 - 2 (lr/hr) cov + (lr/hr)^2 err_hr^2) / hr^2"),
     "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
     "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
     "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),
@@ -118,4 +122,8 @@ def readme_text(table: Table, band: str) -> str:
               "  The chosen model is the simplest one that the fit's chi^2 gains justify: %s." % SELECTION_SUMMARY,
               "", "Fluxes: counts at the image zeropoint; uJy = counts * 10**(-0.4 (zp - 23.9)).",
               "Positions ra/dec are in the reference frame of the astrometric offset files (image - reference)."]
+    lines += ["", "Header: aperture correction (the light the PSF stamp misses, from bright isolated stars; job keys",
+              "hr_/lr_aperture_correction: 'apply' multiplies the fluxes and their errors by it, magnitudes follow)"]
+    for band, cards in CARDS.items():
+        lines += [f"{card:8s} {CARD_COMMENTS[what].format(band=band.upper())}" for what, card in cards.items()]
     return "\n".join(lines) + "\n"

@@ -122,7 +122,8 @@ FLAG_MEANINGS = {
     "HR_NOT_CONVERGED": "the HR fit stopped at the iteration limit (dlnp still >= 1e-3)",
     "SPURIOUS": "FLUX_RADIUS below spurious_pixel_cut (kept, only flagged)",
     "HR_EDGE": "centre within 2 PSF FWHM of the HR coverage edge (no data or image border)",
-    "SEXTRACTOR_FLAGGED": "SExtractor FLAGS >= 4 (saturated, truncated, ...)",
+    "SEXTRACTOR_FLAGGED": "SExtractor flagged the detection saturated (4) or its deblending/extraction "
+                          "overflowed (64, 128): SEXTRACTOR_FLAG_BITS",
     "LR_MASKED": "more than 20 % of the LR model falls on ignored (masked) pixels",
     "LR_OFF_IMAGE": "no LR data under this source: no LR flux",
     "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
@@ -132,6 +133,14 @@ FLAG_MEANINGS = {
 
 
 #: Flags that describe where a source is or how it was found, not that its measurement failed.
+#: The SExtractor FLAGS bits that make a fit-based source SEXTRACTOR_FLAGGED: saturated (4) and memory
+#: overflow in deblending (64) or extraction (128).  The others describe SExtractor's own aperture and
+#: isophotal photometry, which jointphot does not report: 1 (neighbours bias MAG_AUTO), 2 (blended; the
+#: joint fit handles blends), 8 (truncated at the image border: HR_EDGE), 16/32 (aperture/isophotal data
+#: incomplete).  On the HFF data every flagged source had bit 16 (a 3" aperture off the image edge, or a
+#: cD's Kron ellipse across a tile edge, which made the flag depend on the tiling).
+SEXTRACTOR_FLAG_BITS = 4 | 64 | 128
+
 INFORMATIONAL_FLAGS = ("HR_EDGE", "LR_BLENDED", "HR_RESIDUAL_DETECTION")
 
 

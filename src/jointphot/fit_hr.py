@@ -6,6 +6,8 @@ come from SExtractor (position, FLUX_AUTO, FLUX_RADIUS deconvolved from the PSF,
 hr_models 'sersic' (default): point-source candidates (the original's rule, CLASS_STAR at
 the real seeing, or FLUX_RADIUS below 1.3x the PSF's) are fitted both ways and kept as
 galaxies only when that lowers chi^2 by more than GALAXY_DCHI2; the others are Sersic.
+chi^2 differences (GALAXY_DCHI2, dchisq) are divided by the noise's variance factor for a point
+source at the source (1 for white noise): correlated noise inflates them by that factor.
 hr_models 'legacy' (modelselect.py, the Legacy Surveys' rules): in a group, all sources are first
 fitted jointly as round exponentials; then, brightest first, each source's neighbours'
 current models are subtracted (not masked) and the candidates PSF, REX, and for significant
@@ -14,8 +16,8 @@ replaces the source's current one; finally the group is refitted jointly with th
 models (errors from that joint fit).  A galaxy's r_e is bounded by RE_PER_SEGMENT_RADIUS
 times the radius of its detection segment: a model cannot grow to swallow a neighbour's
 halo.  The sky is the clipped mode of segmentation-free pixels, refined from the residual
-of a first pass; weights are rescaled so that those pixels have unit chi scatter (job key
-noise_rescale).
+of a first pass; weights are rescaled by the detection step's per-pixel noise scale (measured on
+blank sky with the local background removed; job key noise_rescale).
 """
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table, vstack
 from scipy import ndimage
+from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
+from . import apcorr
 from .background import mesh_background
-from .conventions import FLAGS, image_to_reference
+from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
@@ -42,10 +46,12 @@ from .plan import get_tile, tile_path, tile_psf
 
 log = logging.getLogger("jointphot.fit_hr")
 
-#: Second detection pass: a residual detection needs this S/N (FLUX_AUTO / FLUXERR_AUTO) ...
+#: Second detection pass: a residual detection needs this PSF matched-filter S/N (_residual_psf_fit) ...
 RESIDUAL_MIN_SNR = 10.0
 #: ... and this distance [PSF FWHM] from every fitted source.
 RESIDUAL_MIN_SEPARATION_FWHM = 1.5
+#: r_e [px] of a residual detection's start model (a point source; a REX start in hr_models 'legacy').
+RESIDUAL_START_RE = 0.5
 #: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
 GALAXY_DCHI2 = 12.0
 #: A galaxy's r_e may not exceed this many times the radius sqrt(area / pi) of its detection segment ...
@@ -56,17 +62,13 @@ RE_MAX_MIN_FWHM = 2.0
 BOX_MARGIN = 6
 
 
-def sky_and_noise(image, invvar, source_mask, rescale: bool):
-    """(sky level, weight factor): clipped mode of source-free pixels and 1/scatter^2 of their chi."""
+def sky_level(image, invvar, source_mask) -> float:
+    """Sky level [counts]: the clipped mode of the weighted pixels outside `source_mask`."""
     free = (invvar > 0) & ~source_mask
     if free.sum() < 50:
-        return 0.0, 1.0
+        return 0.0
     mean, median, _ = sigma_clipped_stats(image[free], sigma=3.0, maxiters=10)
-    sky = 2.5 * median - 1.5 * mean        # SExtractor's mode estimate: robust to faint wings
-    if not rescale:
-        return float(sky), 1.0
-    _, _, chi_std = sigma_clipped_stats((image[free] - sky) * np.sqrt(invvar[free]), sigma=3.0, maxiters=10)
-    return float(sky), float(1.0 / chi_std ** 2) if chi_std > 0 else 1.0
+    return float(2.5 * median - 1.5 * mean)        # SExtractor's mode estimate: robust to faint wings
 
 
 def start_sources(cat, psf, job, pixel_scale) -> List[Source]:
@@ -101,6 +103,23 @@ def segment_re_max(segmap, numbers, fwhm_pix) -> np.ndarray:
     return np.maximum(RE_PER_SEGMENT_RADIUS * radius, RE_MAX_MIN_FWHM * fwhm_pix)
 
 
+def with_every_segment(segmap, cat):
+    """The segmentation map with each detection of `cat` that has no pixel of its own (its segment
+    lost to a neighbour's) given its peak pixel (XPEAK/YPEAK_IMAGE): every source needs a group."""
+    present = np.zeros(int(max(segmap.max(), np.max(cat["NUMBER"], initial=0))) + 1, bool)
+    present[np.unique(segmap)] = True
+    missing = ~present[np.asarray(cat["NUMBER"], int)]
+    if not missing.any():
+        return segmap
+    segmap = segmap.copy()
+    ny, nx = segmap.shape
+    for row in cat[missing]:
+        y = min(max(int(row["YPEAK_IMAGE"]) - 1, 0), ny - 1)
+        x = min(max(int(row["XPEAK_IMAGE"]) - 1, 0), nx - 1)
+        segmap[y, x] = row["NUMBER"]
+    return segmap
+
+
 def groups_from_segmap(segmap, numbers, dilate_pix):
     """List of (label array of the group's source NUMBERs, bounding box) from touching segments."""
     footprint = ndimage.binary_dilation(segmap > 0, iterations=max(1, int(round(dilate_pix))))
@@ -126,14 +145,16 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         header = hdul[0].header.copy()
     with read_tile_file(tile_path(directory, tile_id, "hr_detections"), f"tile {tile_id}") as hdul:
         cat = Table(hdul["CATALOG"].data)
-        segmap = hdul["SEGMAP"].data.astype(np.int32)
+        segmap = with_every_segment(hdul["SEGMAP"].data.astype(np.int32), cat)
         noise = noise_model_from_hdu(hdul["NOISE_ACF"])
     # the weights are rescaled to the blank sky's scatter below: errors need the correlation only
     correlation = dataclasses.replace(noise, scale=1.0)
     wcs = celestial_wcs(header, "hr cutout", f"tile {tile_id}")
     psf = tile_psf(plan, tile_id, "hr")
-    sky, wfactor = sky_and_noise(image, invvar, ndimage.binary_dilation(segmap > 0, iterations=int(3 * psf.fwhm_pix) + 3),
-                                 job["noise_rescale"])
+    sky = sky_level(image, invvar, ndimage.binary_dilation(segmap > 0, iterations=int(3 * psf.fwhm_pix) + 3))
+    # the per-pixel noise scale of the detection step's noise model (measured on blank sky with the local
+    # background removed: a halo or a sky gradient does not count as noise)
+    wfactor = 1.0 / noise.scale ** 2 if job["noise_rescale"] else 1.0
     image = image - sky
     invvar = invvar * wfactor
     sources = start_sources(cat, psf, job, scale)
@@ -155,7 +176,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         image = image - background
         sky += float(np.median(background[invvar > 0])) if (invvar > 0).any() else 0.0
         # second detection pass: objects the first missed (inside a halo, merged into a segment)
-        extra, extra_seg = residual_detections(resid - background, image, invvar, fitted, psf, plan, directory,
+        extra, extra_seg, extra_starts = residual_detections(resid - background, image, invvar, fitted, psf, plan, directory,
                                                header, noise, start_number=int(numbers.max(initial=0)) + 1)
         n_residual = len(extra)
         new = set(range(len(fitted), len(fitted) + n_residual))
@@ -167,14 +188,16 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
             segmap = np.where(extra_seg > 0, extra_seg, segmap)
             segmap[peaks] = old_at_peaks
             cat = vstack([cat, extra], metadata_conflicts="silent")
+            segmap = with_every_segment(segmap, cat)
             numbers = np.asarray(cat["NUMBER"])
-            fitted = fitted + start_sources(extra, psf, job, scale)
+            fitted = fitted + extra_starts
             groups, _ = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
             choices = fitter.choices
             fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
                                  psf, engine, job, correlation)
             fitter.choices = choices
         fitter.image = image
+        fitter.use_previous([r.source if not r.failed else None for r in results] + [None] * n_residual)
         # every group refitted with its chosen models; groups that gained a residual detection choose again
         rechoose = [job["hr_models"] == "legacy" and bool(new.intersection(g)) for g in groups]
         results = fitter.fit_all(fitted, groups, choose=rechoose)
@@ -184,6 +207,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
                                                     r["hr_flux"], r["re_pix"], r["ab"], r["phi_pix"], r["sersic_n"])
                                              for r in table if np.isfinite(r["hr_flux"])])
+    stars = apcorr.chosen_stars(table, "hr_flux", "hr_flux_err")
+    hr_apcor = apcorr.measure(image, invvar, model, table["x"][stars], table["y"][stars], table["hr_flux"][stars],
+                              engine, psf, scale, correlation.correlation_sum)
     hdr = fits.Header()
     hdr["JP_TILE"] = (tile_id, "tile id")
     hdr["JP_ENG"] = (engine.name, "fitting engine")
@@ -194,6 +220,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_NRESD"] = (n_residual, "sources added by the detection on the first fit's residual")
     hdr["JP_PSFFW"] = (psf.fwhm_pix * scale, "[arcsec] HR PSF FWHM")
     hdr["JP_PSFLF"] = (job["hr_psf_light_fraction"], "HR PSF light fraction (share of a star's light in the stamp)")
+    hdr.update(apcorr.header_cards("hr", hr_apcor))
     tab_hdu = fits.BinTableHDU(table, header=hdr, name="HR_FIT")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), tab_hdu]), tile_path(directory, tile_id, "hr_fit"))
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr),
@@ -204,14 +231,15 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
 
 
 def residual_detections(resid, image, invvar, sources, psf, plan, directory, header, noise, start_number):
-    """(catalogue, segmentation map) of the significant detections on the first fit's residual
-    that no fitted source explains, numbered from `start_number` (SExtractor with the tile's
-    detection settings, thresholds scaled for the noise model `noise` as in detect.detect_tile).
-    Kept: S/N (FLUX_AUTO / FLUXERR_AUTO, the error scaled for correlated noise by the square
-    root of the ACF's sum) >= RESIDUAL_MIN_SNR, farther than
-    RESIDUAL_MIN_SEPARATION_FWHM PSF FWHM from every fitted source, and on a local maximum (within
-    one FWHM) of the PSF-smoothed data, so that a model's mismatch (rings, arms) is not taken for
-    a new object."""
+    """(catalogue, segmentation map, start models) of the significant detections on the first fit's
+    residual `resid` [counts] that no fitted source explains, numbered from `start_number`
+    (SExtractor with the tile's detection settings, thresholds scaled for the noise model `noise`
+    as in detect.detect_tile).  Kept: PSF matched-filter S/N (_residual_psf_fit, the error scaled
+    by the correlation of `noise`) >= RESIDUAL_MIN_SNR, farther than RESIDUAL_MIN_SEPARATION_FWHM
+    PSF FWHM from every fitted source in `sources`, and within one PSF FWHM of a local maximum of
+    the PSF-smoothed data `image` (_near_smoothed_maximum), so that a model's mismatch (rings,
+    arms) is not taken for a new object.  Start models: point sources at the matched filter's
+    peak with its flux (SExtractor's sizes of a detection on a halo's residual mean nothing)."""
     job = plan["job"]
     scale = plan["hr"]["pixel_scale_arcsec"]
     settings = detection_settings(scale, job["hr_zp"], psf.fwhm_pix * scale, job["sextractor_settings"])
@@ -219,24 +247,63 @@ def residual_detections(resid, image, invvar, sources, psf, plan, directory, hea
     cat, seg = run_sextractor(resid, out_dir=directory, settings=settings, sex_command=job["sex_command"],
                               weight=invvar, weight_type="MAP_WEIGHT", sexinputdir=job["sexinputdir"], header=header)
     if len(cat) == 0:
-        return cat, np.zeros_like(seg)
-    err = np.asarray(cat["FLUXERR_AUTO"], float) * np.sqrt(max(noise.correlation_sum, 1.0))
-    snr = np.asarray(cat["FLUX_AUTO"], float) / np.maximum(err, 1e-30)
+        return cat, np.zeros_like(seg), []
     px = np.asarray(cat["XPEAK_IMAGE"], int) - 1
     py = np.asarray(cat["YPEAK_IMAGE"], int) - 1
+    # as in GroupFitter: the weights carry the noise's scale (fit_tile), the errors need its correlation only
+    correlation = dataclasses.replace(noise, scale=1.0)
+    psf_fits = [_residual_psf_fit(resid, invvar, psf, correlation, x, y) for x, y in zip(px, py)]
+    snr = np.array([f[0] for f in psf_fits])
     known = np.array([[s.x, s.y] for s in sources]) if sources else np.zeros((0, 2))
     far = (cKDTree(known).query(np.column_stack([px, py]))[0] > RESIDUAL_MIN_SEPARATION_FWHM * psf.fwhm_pix
            if len(known) else np.ones(len(cat), bool))
-    smooth = ndimage.convolve(np.where(invvar > 0, image, 0.0), np.asarray(psf.image, float), mode="constant")
-    size = 2 * int(np.ceil(psf.fwhm_pix)) + 1
-    peak = (smooth == ndimage.maximum_filter(smooth, size=size))[py, px]
-    keep = (snr >= RESIDUAL_MIN_SNR) & far & peak
+    keep = (snr >= RESIDUAL_MIN_SNR) & far & _near_smoothed_maximum(image, invvar, psf, px, py)
+    starts = [Source("point", x, y, flux, re=RESIDUAL_START_RE) for (_, flux, x, y), k in zip(psf_fits, keep) if k]
     cat = cat[keep]
     renumber = np.zeros(int(seg.max()) + 1, np.int32)
     renumber[np.asarray(cat["NUMBER"], int)] = start_number + np.arange(len(cat))
     cat["NUMBER"] = renumber[np.asarray(cat["NUMBER"], int)]
     log.info("%d of %d detections on the residual added", len(cat), len(keep))
-    return cat, renumber[seg]
+    return cat, renumber[seg], starts
+
+
+def _residual_psf_fit(resid, invvar, psf, correlation, x, y):
+    """(S/N, flux [counts], x, y) of the best of the PSF fits of free flux centred on the pixel
+    (x, y) [0-based] and its 8 neighbours: flux = sum(r P w) / sum(P^2 w) for residual r, PSF stamp
+    P and weights w = invvar, error 1 / sqrt(sum(P^2 w)) times the square root of the variance
+    factor of the weights P w under `correlation` (noise.variance_factor; 1 for white noise)."""
+    stamp = np.asarray(psf.image, float)
+    half_y, half_x = stamp.shape[0] // 2, stamp.shape[1] // 2
+    ny, nx = resid.shape
+    best = (0.0, 0.0, float(x), float(y), None)
+    for yc in range(y - 1, y + 2):
+        for xc in range(x - 1, x + 2):
+            y0, y1 = max(yc - half_y, 0), min(yc + half_y + 1, ny)
+            x0, x1 = max(xc - half_x, 0), min(xc + half_x + 1, nx)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            p = stamp[y0 - yc + half_y:y1 - yc + half_y, x0 - xc + half_x:x1 - xc + half_x]
+            w = invvar[y0:y1, x0:x1]
+            p2w = float(np.sum(p * p * w))
+            if p2w <= 0:
+                continue
+            flux = float(np.sum(np.where(w > 0, resid[y0:y1, x0:x1], 0.0) * p * w)) / p2w
+            if flux * np.sqrt(p2w) > best[0]:
+                best = (flux * np.sqrt(p2w), flux, float(xc), float(yc), (p * w, w))
+    snr_white, flux, xb, yb, weights = best
+    if weights is None or correlation.max_lag == 0:
+        return snr_white, flux, xb, yb
+    return snr_white / np.sqrt(variance_factor(correlation, *weights)), flux, xb, yb
+
+
+def _near_smoothed_maximum(image, invvar, psf, px, py):
+    """Bool per pixel (px[i], py[i]) [0-based]: within one PSF FWHM of a local maximum (3 x 3) of
+    `image` convolved with the PSF (zero-weight pixels set to 0)."""
+    smooth = fftconvolve(np.where(invvar > 0, image, 0.0), np.asarray(psf.image, float), mode="same")
+    maxima = (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > 0)
+    if not maxima.any():
+        return np.zeros(len(px), bool)
+    return ndimage.distance_transform_edt(~maxima)[py, px] <= psf.fwhm_pix
 
 
 HRResult = collections.namedtuple(
@@ -259,6 +326,16 @@ class GroupFitter:
         self.correlation = correlation or white_noise()
         #: source index -> Choice, kept from the pass that chose the model
         self.choices = {}
+        #: models of a previous pass (source index -> Source or None) and their image: each group is
+        #: then fitted with the other groups' light subtracted (use_previous)
+        self.previous, self.previous_model = None, None
+
+    def use_previous(self, sources):
+        """Subtract, from each group's box, the other sources' models of a previous pass (one Source or
+        None per source index, image frame): a halo or a bright neighbour in another group is then not
+        taken into a faint source's model (its segment pixels stay masked as well)."""
+        self.previous = list(sources)
+        self.previous_model = self.engine.render(self.image.shape, self.psf, [s for s in sources if s is not None])
 
     def fit_all(self, sources, groups, choose):
         """One HRResult per source (in the order of `sources`); choose (one bool, or one per group)
@@ -285,6 +362,9 @@ class GroupFitter:
         y0, y1, x0, x1 = self.box(members)
         seg = self.segmap[y0:y1, x0:x1]
         img = self.image[y0:y1, x0:x1]
+        if self.previous_model is not None:
+            own = [_moved(self.previous[i], x=-x0, y=-y0) for i in members if self.previous[i] is not None]
+            img = img - (self.previous_model[y0:y1, x0:x1] - self.engine.render(img.shape, self.psf, own))
         ivar = np.where((seg == 0) | np.isin(seg, self.numbers[members]), self.invvar[y0:y1, x0:x1], 0.0)
         starts = [sources[i].copy(x=sources[i].x - x0, y=sources[i].y - y0) for i in members]
         re_max = [float(self.re_max[i]) for i in members]
@@ -339,7 +419,7 @@ class GroupFitter:
                               re=max(s.re, 1.0), n=1.5)
             alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self.job["hr_compl_niter"],
                                         re_max=re_max)
-            if fit.chi2 - alt.chi2 > GALAXY_DCHI2:
+            if (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, fit.sources[k].copy(kind="point")) > GALAXY_DCHI2:
                 fit = alt
         return fit
 
@@ -389,16 +469,18 @@ class GroupFitter:
         x, y, flux = current.x, current.y, current.flux
         fit("point", Source("point", x, y, flux))
         fit("rex", Source("rex", x, y, flux, re=current.re if current.is_galaxy else start.re))
-        dchisq = {k: chi2_none - f.chi2 for k, f in fits.items()}
+        # correlated noise inflates chi^2 differences by the variance factor (that of a point source here)
+        factor = self._noise_factor(img, ivar, fits["point"].sources[0])
+        dchisq = {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
         if galaxies_worth_trying(dchisq):
             r = fits["rex"].sources[0]
             for kind in ("dev", "exp"):
                 fit(kind, start.copy(kind=kind, x=r.x, y=r.y, flux=r.flux, re=r.re, n=FIXED_SERSIC_N[kind]))
-            dchisq = {k: chi2_none - f.chi2 for k, f in fits.items()}
+            dchisq = {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
             best = select_model(dchisq)
             if best in ("exp", "dev"):
                 fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
-                dchisq["sersic"] = chi2_none - fits["sersic"].chi2
+                dchisq["sersic"] = (chi2_none - fits["sersic"].chi2) / factor
         kind = select_model(dchisq)
         fluxes = {k: f.sources[0].flux for k, f in fits.items()}
         return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
@@ -454,7 +536,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
             flags[i] |= FLAGS["PARAM_AT_BOUND"]
         if job["spurious_pixel_cut"] and row["FLUX_RADIUS"] < job["spurious_pixel_cut"]:
             flags[i] |= FLAGS["SPURIOUS"]
-        if row["FLAGS"] >= 4:
+        if int(row["FLAGS"]) & SEXTRACTOR_FLAG_BITS:
             flags[i] |= FLAGS["SEXTRACTOR_FLAGGED"]
         iy = int(np.clip(np.floor(src.y + 0.5), 0, near_edge.shape[0] - 1))
         ix = int(np.clip(np.floor(src.x + 0.5), 0, near_edge.shape[1] - 1))

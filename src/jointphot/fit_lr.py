@@ -20,6 +20,7 @@ from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 
+from . import apcorr
 from . import conventions as cv
 from .engines.base import KIND_OF_TYPE, Source, from_standard, to_standard
 from .detect import tile_noise
@@ -29,8 +30,12 @@ from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, s
 from .noise import variance_factor
 from .plan import tile_path, tile_psf
 
-#: Correlations of the LR noise are measured up to this lag [px] (a warp kernel reaches 3 px).
-LR_NOISE_MAX_LAG = 4
+#: Correlations of the LR noise are measured up to this lag [px], on pixels at least
+#: LR_NOISE_MASK_FWHM PSF FWHM + 2 px from any source.  Measured on 30" tiles of warped simulated
+#: noise (true PSF variance factor 1.54): lag 2 and 1 FWHM give 1.41-1.58 from ~15000 pixels; lag 4
+#: gives 1.56-1.78 (noisier lags, source wings); 3 FWHM leaves < 1620 pixels in crowded tiles.
+LR_NOISE_MAX_LAG = 2
+LR_NOISE_MASK_FWHM = 1.0
 #: A source is LR_MASKED when more than this fraction of its unit LR model lies on ignored pixels.
 MASKED_FRACTION_LIMIT = 0.2
 #: A source is LR_BLENDED when its flux correlation with a neighbour exceeds this (absolute).
@@ -81,24 +86,26 @@ def to_lr_frame(src: Source, hr_wcs, lr_wcs, offsets_mas) -> Source:
 _PROPAGATION_STEPS = np.array([0.05, 0.05, 0.0, 0.01, 0.01, 0.01, 0.02])
 
 
-def shape_variance(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, invvar) -> float:
-    """Extra LR flux variance [counts^2] from the HR position/shape uncertainty of one source.
+def shape_propagation(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, invvar):
+    """(variance [counts^2] of the LR flux from the HR position/shape uncertainty of one source,
+    covariance [LR counts x HR counts] of the LR flux with hr_flux through that shape).
 
     First order: the LR flux moves by g_k = -flux <m, dm/dp_k>_W / <m, m>_W per HR parameter
     p_k (m = unit LR model, W = LR inverse variance), so var = g C g^T with C the HR
-    covariance of the non-flux parameters.
+    covariance of the non-flux parameters, and the covariance with the HR flux is g C[:, flux].
     """
     v0 = to_standard(src_hr)
     keep = [k for k in range(len(v0)) if k != 2]
     c = cov[np.ix_(keep, keep)]
-    if not np.all(np.isfinite(c)):
-        return 0.0
+    c_flux = cov[keep, 2]
+    if not (np.all(np.isfinite(c)) and np.all(np.isfinite(c_flux))):
+        return 0.0, 0.0
     base = to_lr(src_hr)
     half = renderer.stamp_half_size(base) + 2
     cx, cy = int(np.floor(base.x + 0.5)), int(np.floor(base.y + 0.5))
     sl_img, sl_patch = overlap_slices(invvar.shape, (2 * half + 1, 2 * half + 1), cx - half, cy - half)
     if sl_img is None:
-        return 0.0
+        return 0.0, 0.0
     w = np.zeros((2 * half + 1, 2 * half + 1))
     w[sl_patch] = invvar[sl_img]
 
@@ -111,7 +118,7 @@ def shape_variance(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, invv
     m0 = unit_model(base)
     norm = (w * m0 * m0).sum()
     if norm <= 0:
-        return 0.0
+        return 0.0, 0.0
     grad = []
     for k in keep:
         v = v0.copy()
@@ -119,7 +126,7 @@ def shape_variance(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, invv
         dm = (unit_model(to_lr(from_standard(src_hr, v))) - m0) / _PROPAGATION_STEPS[k]
         grad.append(-flux * (w * m0 * dm).sum() / norm)
     grad = np.array(grad)
-    return float(max(grad @ c @ grad, 0.0))
+    return float(max(grad @ c @ grad, 0.0)), float(grad @ c_flux)
 
 
 def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
@@ -156,7 +163,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
     flux = np.full(len(hr_table), np.nan)
-    err, err_fixed, err_shape = (np.full(len(hr_table), np.nan) for _ in range(3))
+    err, err_fixed, err_shape, hr_cov = (np.full(len(hr_table), np.nan) for _ in range(4))
     masked = np.ones(len(hr_table))
     max_corr = np.zeros(len(hr_table))
     valid_all = np.zeros(len(hr_table), bool)
@@ -164,7 +171,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     # the noise from source-free pixels (never from residuals, which hold model mismatch); an LR
     # cutout of a small tile may have too few (then white noise of the VARIANCE plane's scale,
     # recorded as JP_NCORL = 1 and JP_WFACL = 1)
-    lr_noise = tile_noise(image, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False)
+    lr_noise = tile_noise(image, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False,
+                          dilate_pix=int(LR_NOISE_MASK_FWHM * psf.fwhm_pix) + 2)
     wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
     correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor
@@ -185,8 +193,11 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         err_fixed[idx] = res.flux_err * np.sqrt(factors)
         # the HR shape/position uncertainty of each source, propagated to its LR flux
         covs = np.asarray(fitted["hr_param_cov"], float).reshape(-1, 7, 7)
-        err_shape[idx] = np.sqrt([shape_variance(s, c, f, to_lr, renderer, invvar) * k if np.isfinite(f) else 0.0
-                                  for s, c, f, k in zip(hr_sources, covs, res.flux, factors)])
+        # (HR covariances already hold the HR noise's variance factor; the LR one does not apply to them)
+        propagated = np.array([shape_propagation(s, c, f, to_lr, renderer, invvar) if np.isfinite(f) else (0.0, 0.0)
+                               for s, c, f in zip(hr_sources, covs, res.flux)]).reshape(-1, 2)
+        err_shape[idx] = np.sqrt(propagated[:, 0])
+        hr_cov[idx] = propagated[:, 1]
         err[idx] = np.hypot(err_fixed[idx], err_shape[idx])
     table = hr_table.copy()
     flags = np.asarray(table["flags"], np.int64)
@@ -198,10 +209,16 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     table[f"{band}_flux_err"] = err
     table[f"{band}_flux_err_fixed"] = err_fixed
     table[f"{band}_flux_err_shape"] = err_shape
+    table[f"{band}_hr_flux_cov"] = hr_cov
     table[f"{band}_masked_frac"] = masked
     table[f"{band}_max_corr"] = max_corr
     add_magnitudes(table, "hr", job["hr_zp"])
     add_magnitudes(table, band, job["lr_zp"])
+    stars = apcorr.chosen_stars(table, f"{band}_flux", f"{band}_flux_err")
+    at = np.flatnonzero(stars[idx])    # the stars among the fitted sources
+    lr_apcor = apcorr.measure(image, invvar, model, [sources[k].x for k in at], [sources[k].y for k in at],
+                              flux[idx][at], engine, psf, plan["lr"]["pixel_scale_arcsec"],
+                              correlation.correlation_sum)
     hdr = hr_hdr
     hdr["JP_BAND"] = (band, "LR band name")
     hdr["JP_SKYL"] = (sky, "[count] LR sky level subtracted (frozen)")
@@ -211,6 +228,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_MASKH"] = (mask_from_header, "LR mask planes from MP_ keywords (else HSC defaults)")
     hdr["JP_PSFFL"] = (psf.fwhm_pix * plan["lr"]["pixel_scale_arcsec"], "[arcsec] LR PSF FWHM")
     hdr["JP_PSFLL"] = (job["lr_psf_light_fraction"], "LR PSF light fraction (share of a star's light in the stamp)")
+    hdr.update(apcorr.header_cards("lr", lr_apcor))
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(table, header=hdr, name="LR_FIT")]),
                       tile_path(directory, tile_id, "lr_fit"))
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr),

@@ -21,6 +21,8 @@ REQUIRED = object()
 PSF_TYPES = ("fits", "fwhm", "psfex")
 WEIGHT_TYPES = ("MAP_WEIGHT", "MAP_RMS", "MAP_VAR", "NONE")
 ENGINES = ("auto", "native", "tractor")
+#: <band>_aperture_correction: record the measured aperture correction only, or also multiply the fluxes by it.
+APERTURE_CORRECTION_MODES = ("report", "apply")
 
 #: key -> (kind, default, description).  kind: int, float, str, bool, path (input file),
 #: outdir, pair (two numbers in arcsec), psf (path or number), list, dict, any.
@@ -73,6 +75,12 @@ KEYS: Dict[str, tuple] = {
                                             "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
     "lr_psf_light_fraction": ("float", 1.0, "share of a point source's total light inside the LR PSF stamp, "
                                             "in (0.5, 1]: the PSF is normalised to it, so fluxes are total"),
+    "hr_aperture_correction": ("choice", "report", "HR aperture correction measured on bright isolated stars "
+                                                   "(merged header JP_APCOR): report | apply (multiply the merged "
+                                                   "HR fluxes and errors by it)"),
+    "lr_aperture_correction": ("choice", "report", "LR aperture correction measured on bright isolated stars "
+                                                   "(merged header JP_APCOL): report | apply (multiply the merged "
+                                                   "LR fluxes and errors by it)"),
     "hr_background_cell_arcsec": ("float", 0.0, "cell [\"] of a smooth HR background measured on the first fit's "
                                                 "residual and subtracted before the final fit (0: one constant per "
                                                 "tile; e.g. 3 under cluster halos)"),
@@ -81,7 +89,8 @@ KEYS: Dict[str, tuple] = {
                                       "Surveys' rules)"),
 }
 CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_type": WEIGHT_TYPES,
-           "engine": ENGINES, "hr_models": ("sersic", "legacy")}
+           "engine": ENGINES, "hr_models": ("sersic", "legacy"), "hr_aperture_correction": APERTURE_CORRECTION_MODES,
+           "lr_aperture_correction": APERTURE_CORRECTION_MODES}
 IGNORED = ("show_plots", "output_logfile_name", "mainpath", "userinputdir", "run_on_mock")
 
 

@@ -20,9 +20,11 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
 
-from . import __version__
+from . import __version__, apcorr
 from .catalog import readme_text, set_units
+from .engines.base import STANDARD_PARAMS
 from .errors import JointphotError
+from .fit_lr import add_magnitudes
 from .images import write_fits_atomic, write_text_atomic
 from .plan import tile_path
 
@@ -33,6 +35,12 @@ log = logging.getLogger("jointphot.merge")
 #: brightest pixel of its flat, noisy core can differ by a pixel between tiles and fall in two cores.
 DUPLICATE_RADIUS_ARCSEC = 0.15
 ID_STRIDE = 100000
+#: Columns an aperture correction multiplies (HR, and the LR band's: '{band}'; the LR x HR flux
+#: covariance by both); magnitudes and uJy columns are made again from them, and the flux row and
+#: column of hr_param_cov are scaled too.
+FLUX_COLUMNS = {"hr": ("hr_flux", "hr_flux_err", "hr_flux_err_model", "{band}_hr_flux_cov"),
+                "lr": ("{band}_flux", "{band}_flux_err", "{band}_flux_err_fixed", "{band}_flux_err_shape",
+                       "{band}_hr_flux_cov")}
 
 
 def padded_depth(table: Table, padded) -> np.ndarray:
@@ -47,7 +55,46 @@ def merge_tables(plan, tables: Dict[int, Table]) -> Table:
     """Merged catalogue (sorted by id) from {tile_id: lr_fit table}: each tile keeps the sources
     whose detection peak lies in its core (`in_core`; every pixel lies in exactly one core); of
     entries from different tiles that are one object (DUPLICATE_RADIUS_ARCSEC), the one that
-    its tile's edges cut least is kept."""
+    its tile's edges cut least is kept.  The tiles' aperture corrections (table.meta['apcorr'])
+    are combined per band and, where the job key <band>_aperture_correction is 'apply', multiply
+    the fluxes; meta['apcorr'] = {band: (Correction, applied)} for write_catalogue."""
+    merged = _kept_rows(plan, tables)
+    merged.meta["apcorr"] = {}
+    for band in apcorr.CARDS:
+        corr = apcorr.combine_tiles([t.meta.get("apcorr", {}).get(band, apcorr.Correction()) for t in tables.values()])
+        key = f"{band}_aperture_correction"
+        apply = plan["job"].get(key) == "apply"
+        usable = apcorr.usable(corr)
+        if apply and corr.n == 0:
+            log.warning("merge: %s is 'apply' but no tile measured one (no bright isolated star): %s fluxes "
+                        "not corrected", key, band.upper())
+        elif apply and not usable:
+            log.warning("merge: %s is 'apply' but the correction %.4f +- %.4f (%d stars) is less precise than "
+                        "+-%g: %s fluxes not corrected", key, corr.value, corr.error, corr.n,
+                        apcorr.MAX_APPLIED_ERROR, band.upper())
+        if apply and usable:
+            apply_correction(merged, band, plan["job"]["lr_band"], corr.value, plan["job"][f"{band}_zp"])
+        merged.meta["apcorr"][band] = (corr, bool(apply and usable))
+    return merged
+
+
+def apply_correction(table: Table, band: str, lr_band: str, factor: float, zeropoint: float) -> None:
+    """Multiply the FLUX_COLUMNS of `band` ('hr' or 'lr'; LR columns named after `lr_band`) that the
+    table has by `factor` in place, and make their magnitudes and uJy columns again (AB `zeropoint`)."""
+    for col in FLUX_COLUMNS[band]:
+        if col.format(band=lr_band) in table.colnames:
+            table[col.format(band=lr_band)] *= factor
+    if band == "hr":
+        k = STANDARD_PARAMS.index("flux")
+        cov = np.asarray(table["hr_param_cov"], float).reshape(-1, 7, 7)
+        cov[:, k, :] *= factor
+        cov[:, :, k] *= factor
+        table["hr_param_cov"] = cov.reshape(len(table), 49)
+    add_magnitudes(table, "hr" if band == "hr" else lr_band, zeropoint)
+
+
+def _kept_rows(plan, tables: Dict[int, Table]) -> Table:
+    """The rows merge_tables keeps, sorted by id."""
     scale = plan["hr"]["pixel_scale_arcsec"]
     parts = []
     for tile_id, table in sorted(tables.items()):
@@ -91,6 +138,7 @@ def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
                 table = Table(hdul["LR_FIT"].data)
                 tile_id = int(hdul["LR_FIT"].header["JP_TILE"])
                 table.meta["engine"] = hdul["LR_FIT"].header.get("JP_ENGV", "")
+                table.meta["apcorr"] = {band: apcorr.from_header(hdul["LR_FIT"].header, band) for band in apcorr.CARDS}
         except FileNotFoundError:
             raise JointphotError(f"merge: {path!r} does not exist") from None
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -140,6 +188,8 @@ def write_catalogue(plan, merged: Table, path: str, missing: List[int], engines:
     hdr["JP_BAND"] = (band, "LR band name")
     hdr["JP_HRZP"] = (plan["job"]["hr_zp"], "[mag] HR AB zeropoint")
     hdr["JP_LRZP"] = (plan["job"]["lr_zp"], "[mag] LR AB zeropoint")
+    for which, (corr, applied) in merged.meta.pop("apcorr", {}).items():
+        hdr.update(apcorr.header_cards(which, corr, applied))
     hdr["PYVERS"] = (platform.python_version(), "Python version")
     for name in ("numpy", "scipy", "astropy"):
         mod = __import__(name)

@@ -25,6 +25,7 @@ from scipy.special import gammaincinv
 
 from . import conventions
 from .errors import JointphotError
+from .noise import NoiseModel, variance_factor
 from .psf import psfex_exponents, write_psfex
 
 HR_SCALE = 0.03          # arcsec / px
@@ -100,7 +101,11 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         ("job", "job.json"), ("job_seed", "job_seed.json"))}
 
     hr_psf = galsim.Gaussian(fwhm=hr_fwhm_arcsec)
-    lr_psf = galsim.Moffat(beta=lr_moffat_beta, fwhm=lr_fwhm_arcsec)
+    # the Moffat cut where the PSF files end: with psf_light_fraction 1 they hold all of its light
+    # (untruncated, the files would miss 0.07 % and stars drawn to 5 FWHM another 0.07 %: LR fluxes of
+    # bright stars 0.2 sigma low for a reason of the simulation's own)
+    lr_psf = galsim.Moffat(beta=lr_moffat_beta, fwhm=lr_fwhm_arcsec,
+                           trunc=psf_stamp_half(lr_fwhm_arcsec, LR_SCALE) * LR_SCALE)
     hr_epsf, hr_psf_kept = _write_psf_files(galsim, hr_psf, HR_SCALE, hr_fwhm_arcsec, paths["hr_psf"],
                                             paths["hr_psfex"], light_fraction=psf_light_fraction[0],
                                             polnames=["MAG_AUTO"], polzero=[23.0], polscal=[3.0], poldeg=1)
@@ -157,6 +162,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     hr_snr = np.zeros(nsrc)
     lr_snr = np.zeros(nsrc)
     lr_masked = np.zeros(nsrc)
+    hr_acf = cosmos_acf(galsim) if hr_noise == "cosmos" else np.ones((1, 1))
+    lr_stamps = {}      # i -> (LR pixel slice, stamp / sigma over unmasked pixels): S/N once the warp is drawn
     for i in range(nsrc):
         if src["kind"][i] == "point":
             hr_profile = lr_profile = galsim.DeltaFunction()
@@ -169,14 +176,14 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
             b = stamp.bounds
             hr_img[b] += stamp
             var = hr_sigma[b.ymin - 1:b.ymax, b.xmin - 1:b.xmax] ** 2
-            hr_snr[i] = math.sqrt(np.sum(stamp.array.astype(float) ** 2 / var))
+            hr_snr[i] = matched_filter_snr(stamp.array.astype(float) / np.sqrt(var), hr_acf)
         stamp = _draw(galsim, lr_profile, lr_psf, lr_flux[i], lr_jac, lr_img, x_lr[i], y_lr[i],
-                      radius + 5 * lr_fwhm_arcsec, LR_SCALE)
+                      radius + (psf_stamp_half(lr_fwhm_arcsec, LR_SCALE) + 1) * LR_SCALE, LR_SCALE)
         if stamp is not None:
             b = stamp.bounds
             lr_img[b] += stamp
             cut = np.s_[b.ymin - 1:b.ymax, b.xmin - 1:b.xmax]
-            lr_snr[i] = math.sqrt(np.sum(stamp.array ** 2 * lr_valid[cut]) / lr_sigma ** 2)
+            lr_stamps[i] = stamp.array * lr_valid[cut] / lr_sigma
             lr_masked[i] = np.sum(stamp.array * ~lr_valid[cut]) / lr_flux[i]
 
     # --- noise, defects, files -------------------------------------------------------------
@@ -192,7 +199,11 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         lr_kernel = warp_kernel(*lr_shift)
         lr_unit = fftconvolve(rng.standard_normal((n_lr + lr_kernel.shape[0] - 1,) * 2), lr_kernel, mode="valid")
     else:
+        lr_kernel = np.ones((1, 1))
         lr_unit = rng.standard_normal((n_lr, n_lr))
+    lr_acf = fftconvolve(lr_kernel, lr_kernel[::-1, ::-1])
+    for i, stamp in lr_stamps.items():
+        lr_snr[i] = matched_filter_snr(stamp, lr_acf)
     lr_data = lr_model + lr_unit * lr_sigma
     variance = np.full((n_lr, n_lr), lr_sigma ** 2)
     if poisson:
@@ -274,8 +285,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         ("ab", src["ab"], None, "axis ratio b/a"),
         ("pa_deg", src["pa_deg"], "deg", "major-axis position angle, east of north"),
         ("sersic_n", src["sersic_n"], None, "Sersic index (NaN for points)"),
-        ("hr_snr", hr_snr, None, "HR matched-filter S/N, sqrt(sum(model^2/var))"),
-        ("lr_snr", lr_snr, None, "LR matched-filter S/N over unmasked pixels"),
+        ("hr_snr", hr_snr, None, "HR matched-filter S/N, noise correlation included"),
+        ("lr_snr", lr_snr, None, "LR matched-filter S/N over unmasked pixels, correlation incl."),
         ("isolated", sep > ISOLATION_RADIUS, None, "no other source within ISO_RAD"),
         ("nearest_arcsec", sep, "arcsec", "distance to the nearest other source"),
         ("pair_id", src["pair_id"], None, "deliberate blend pair number (0 = none)"),
@@ -348,6 +359,11 @@ def _sigma_for_depth(depth_mag, zp, epsf):
     return 10.0 ** (-0.4 * (depth_mag - zp)) * math.sqrt(np.sum(epsf ** 2)) / 5.0
 
 
+def psf_stamp_half(fwhm, scale) -> int:
+    """Half size [px] of the written PSF images (6 FWHM + 2 px) for a PSF of `fwhm` [arcsec] at `scale`."""
+    return int(math.ceil(6.0 * fwhm / scale)) + 2
+
+
 def _write_psf_files(galsim, psf, scale, fwhm, fits_path, psfex_path, *, light_fraction, polnames, polzero,
                      polscal, poldeg):
     """Write the ePSF image (odd, unit sum) and a PSFEx model with PSF_SAMP 0.5.
@@ -357,7 +373,7 @@ def _write_psf_files(galsim, psf, scale, fwhm, fits_path, psfex_path, *, light_f
     Returns the whole ePSF (unit sum) and the fraction of the PSF's total light in (the FITS image,
     the PSFEx model).
     """
-    half = int(math.ceil(6.0 * fwhm / scale)) + 2
+    half = psf_stamp_half(fwhm, scale)
     epsf = psf.drawImage(nx=2 * half + 1, ny=2 * half + 1, scale=scale, method="auto").array.astype(float)
     written = epsf.copy()
     epsf /= epsf.sum()
@@ -552,8 +568,24 @@ def cosmos_noise(galsim, shape, rng):
 def cosmos_correlation(galsim):
     """(x-adjacent correlation, sum of all correlations) of the COSMOS noise at HR_SCALE: the second is the
     variance of a large aperture's sum over that of white noise with the same per-pixel variance."""
-    cf = galsim.getCOSMOSNoise().withVariance(1.0).drawImage(galsim.ImageD(401, 401, scale=HR_SCALE)).array
+    cf = cosmos_acf(galsim, max_lag=200)
     return float(cf[200, 201]), float(cf.sum())
+
+
+def cosmos_acf(galsim, max_lag=8):
+    """Autocorrelation of the COSMOS noise at HR_SCALE, lags up to `max_lag` px (noise.NoiseModel layout)."""
+    size = 2 * max_lag + 1
+    return galsim.getCOSMOSNoise().withVariance(1.0).drawImage(galsim.ImageD(size, size, scale=HR_SCALE)).array
+
+
+def matched_filter_snr(model_over_sigma, acf):
+    """S/N of a source's matched-filter flux: `model_over_sigma` its noise-free image / per-pixel sigma
+    (0 on unused pixels), `acf` the noise's autocorrelation ([[1]] for white noise).  The white-noise
+    S/N sqrt(sum(m^2 / var)) divided by the square root of the filter's variance factor."""
+    white = math.sqrt(float(np.sum(model_over_sigma ** 2)))
+    if white == 0:
+        return 0.0
+    return white / math.sqrt(variance_factor(NoiseModel(1.0, np.asarray(acf, float), 0), model_over_sigma))
 
 
 def warp_kernel(dx, dy):

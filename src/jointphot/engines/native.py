@@ -19,6 +19,10 @@ from .base import AB_RANGE, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, Engine,
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
 
 
+#: ln r_e or n within this of a bound counts as on it (PARAM_AT_BOUND), as in the Tractor engine.
+BOUND_TOLERANCE = 1e-3
+
+
 def _clip(start: Source, v: np.ndarray, pos_bound: float, re_max: float):
     """Clip a parameter vector to its bounds; returns (vector, at_shape_bound)."""
     v = v.copy()
@@ -27,7 +31,7 @@ def _clip(start: Source, v: np.ndarray, pos_bound: float, re_max: float):
     at_bound = False
     if start.kind != "point":
         lo, hi = np.log(RE_RANGE[0]), np.log(min(RE_RANGE[1], re_max))
-        at_bound |= not (lo < v[3] < hi)
+        at_bound |= not (lo + BOUND_TOLERANCE < v[3] < hi - BOUND_TOLERANCE)
         v[3] = np.clip(v[3], lo, hi)
     if len(v) > 4:
         e = np.hypot(v[4], v[5])
@@ -35,9 +39,43 @@ def _clip(start: Source, v: np.ndarray, pos_bound: float, re_max: float):
             v[4:6] *= E_MAX / e
             at_bound = True
     if start.kind == "sersic":
-        at_bound |= not (SERSIC_N_RANGE[0] < v[6] < SERSIC_N_RANGE[1])
+        at_bound |= not (SERSIC_N_RANGE[0] + BOUND_TOLERANCE < v[6] < SERSIC_N_RANGE[1] - BOUND_TOLERANCE)
         v[6] = np.clip(v[6], *SERSIC_N_RANGE)
     return v, at_bound
+
+
+def _limits(start: Source, size: int, pos_bound: float, re_max: float):
+    """(lower, upper) bounds of a source's parameter vector (the e1, e2 disc bound is left to _clip)."""
+    lo, hi = np.full(size, -np.inf), np.full(size, np.inf)
+    lo[:2] = start.x - pos_bound, start.y - pos_bound
+    hi[:2] = start.x + pos_bound, start.y + pos_bound
+    if start.kind != "point":
+        lo[3], hi[3] = np.log(RE_RANGE[0]), np.log(min(RE_RANGE[1], re_max))
+    if start.kind == "sersic":
+        lo[6], hi[6] = SERSIC_N_RANGE
+    return lo, hi
+
+
+#: Largest change per step of ln re and of the Sersic index (the step of a source is scaled down to it):
+#: a long linearised step overshoots to a bound, where a Sersic fit can stay in a false minimum.
+MAX_STEP_LN_RE = 0.5
+MAX_STEP_N = 0.3
+
+
+def _limited(step):
+    """A source's step scaled so that |d ln re| <= MAX_STEP_LN_RE and |d n| <= MAX_STEP_N."""
+    scale = 1.0
+    if len(step) > 3:
+        scale = min(scale, MAX_STEP_LN_RE / max(abs(step[3]), 1e-300))
+    if len(step) > 6:
+        scale = min(scale, MAX_STEP_N / max(abs(step[6]), 1e-300))
+    return step * scale if scale < 1.0 else step
+
+
+def _pinned(v, lo, hi, grad):
+    """Parameters at a bound that the chi^2 gradient pushes outward (held fixed: an active set)."""
+    tol = 1e-9 * np.maximum(1.0, np.abs(v))
+    return ((v <= lo + tol) & (grad < 0)) | ((v >= hi - tol) & (grad > 0))
 
 
 class NativeEngine(Engine):
@@ -96,6 +134,9 @@ class NativeEngine(Engine):
             resid = (data - model[good]) * weight
             return resid, jac, model
 
+        limits = [_limits(s, n, pos_bound, r) for s, n, r in zip(starts, sizes, re_max)]
+        lower = np.concatenate([lo for lo, _ in limits])
+        upper = np.concatenate([hi for _, hi in limits])
         resid, jac, _ = evaluate(vecs, True)
         chi2 = float(resid @ resid)
         lam = 1e-3
@@ -105,16 +146,20 @@ class NativeEngine(Engine):
         for n_iter in range(1, max_iter + 1):
             hess = jac.T @ jac
             grad = jac.T @ resid
+            # parameters pinned at a bound stay there; the step is solved for the others
+            free = ~_pinned(np.concatenate(vecs), lower, upper, grad)
             improved = False
             for _ in range(10):
                 damp = hess + lam * np.diag(np.diag(hess) + 1e-12)
+                step = np.zeros(n_par)
+                sub = damp[np.ix_(free, free)]
                 try:
-                    step = np.linalg.solve(damp, grad)
+                    step[free] = np.linalg.solve(sub, grad[free])
                 except np.linalg.LinAlgError:
-                    step = np.linalg.lstsq(damp, grad, rcond=None)[0]
+                    step[free] = np.linalg.lstsq(sub, grad[free], rcond=None)[0]
                 trial, trial_bound = [], []
                 for i, (src0, v) in enumerate(zip(starts, vecs)):
-                    tv, b = _clip(src0, v + step[offsets[i]:offsets[i + 1]], pos_bound, re_max[i])
+                    tv, b = _clip(src0, v + _limited(step[offsets[i]:offsets[i + 1]]), pos_bound, re_max[i])
                     trial.append(tv)
                     trial_bound.append(b)
                 t_resid, _, _ = evaluate(trial, False)
@@ -134,7 +179,12 @@ class NativeEngine(Engine):
             if dlnp < dlnp_tol:
                 converged = True
                 break
-        cov = _inverse(jac.T @ jac)
+        # the covariance of the parameters not pinned at a bound (pinned r_e or n are held fixed;
+        # positions never are: their bound only guards the optimiser)
+        free = ~_pinned(np.concatenate(vecs), lower, upper, jac.T @ resid)
+        free[np.concatenate([[0, 1]] + [[o, o + 1] for o in offsets[1:-1]])] = True
+        cov = np.zeros((n_par, n_par))
+        cov[np.ix_(free, free)] = _inverse((jac.T @ jac)[np.ix_(free, free)])
         errs = np.sqrt(np.clip(np.diag(cov), 0, None))
         fitted, errors = [], []
         for i, (src0, v) in enumerate(zip(starts, vecs)):

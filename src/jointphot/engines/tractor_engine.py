@@ -482,7 +482,7 @@ class TractorEngine(Engine):
                     converged = bool(np.isfinite(dlnp) or dlnp == 0)
                     break
             model = np.asarray(tr.getModelImage(0, sky=False), dtype=float)
-            cov, names = self._full_covariance(tr, shape, invvar)
+            cov, names = self._full_covariance(tr, shape, invvar, _at_limits(tr))
         good = invvar > 0
         chi2 = float(np.sum(invvar[good] * (image[good] - model[good]) ** 2))
         nfree = len(names)
@@ -555,11 +555,16 @@ class TractorEngine(Engine):
         A.sum_duplicates()
         return A, names
 
-    def _full_covariance(self, tr, shape, invvar):
+    def _full_covariance(self, tr, shape, invvar, held=None):
+        """Covariance of the Tractor's thawed parameters; those `held` at a bound get zero rows and
+        columns (held fixed, not marginalised: the native engine's active set)."""
         A, names = self._derivative_matrix(tr, shape)
         w = np.where(invvar > 0, invvar, 0.0).ravel()
         F = (A.T @ _weighted(A, w)).toarray()
-        return _invert(F), names
+        free = np.ones(len(names), bool) if held is None else ~np.asarray(held, bool)
+        cov = np.zeros_like(F)
+        cov[np.ix_(free, free)] = _invert(F[np.ix_(free, free)])
+        return cov, names
 
     @_with_shift_context
     def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:
@@ -622,6 +627,20 @@ def _moment_gaussian(T, img: np.ndarray):
     cyy = ((yy - cy) ** 2 * pos).sum() / w
     cxy = ((xx - cx) * (yy - cy) * pos).sum() / w
     return T.GaussianMixturePSF(np.array([img.sum()]), np.zeros((1, 2)), np.array([[[cxx, cxy], [cxy, cyy]]]))
+
+
+def _at_limits(tr) -> np.ndarray:
+    """True for each thawed shape parameter of Tractor `tr` (r_e, n: priors) that sits on its lower or
+    upper bound; positions are never held (their bound only guards the optimiser)."""
+    params = np.asarray(tr.getParams(), float)
+    held = np.zeros(params.size, bool)
+    for i, (name, value, lo, hi) in enumerate(zip(tr.getParamNames(), params, tr.getLowerBounds(),
+                                                  tr.getUpperBounds())):
+        if ".pos." in f".{name}":
+            continue
+        tol = 1e-9 * max(1.0, abs(value))
+        held[i] = (lo is not None and value <= lo + tol) or (hi is not None and value >= hi - tol)
+    return held
 
 
 def _invert(F: np.ndarray) -> np.ndarray:

@@ -1,0 +1,146 @@
+"""Per-type, per-S/N-bin flux figures against the truth of simulated fields (issues 12 and 13).
+
+Three seeds the code was never tuned on (21-23; scripts/validate reports seeds 11-13 by default), 90"
+fields of tests/fieldrun.py, >= 150 isolated sources per (type, true HR S/N bin), stacked:
+
+- "correlated": truncated single-Sersic galaxies and stars, HR noise correlated like ACS drizzle
+  (GalSim's COSMOS correlation function) and LR noise through a warp kernel (issue 13: chi median and
+  robust sigma in HR, LR and the LR/HR colour for stars and galaxies; spurious detections and the
+  detections per tile; issue 12: galaxy flux bias within 1 % in HR and LR).
+- "composite": galaxies made of a de Vaucouleurs bulge, an exponential disc and RandomKnots clumps, with
+  a colour per component, white noise (issue 12: galaxy flux bias within 1 % in HR, 2 % in LR; chi
+  robust sigma 0.8-1.25).
+
+One test per figure; the ones still open are strict xfails naming the issue and the measured value, so
+a fix shows up as an XPASS failure and is then promoted.  About 5 min per field set on 2 cores.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+from astropy.table import vstack
+
+import fieldrun
+import truthcheck
+
+pytestmark = pytest.mark.statistical
+
+SEEDS = (21, 22, 23)
+FIELDS = {
+    "correlated": ["--hr-noise", "cosmos", "--lr-noise", "warped"],
+    "composite": ["--galaxies", "composite"],
+}
+MIN_SOURCES = 150             # per type and bin: the median chi is then known to +-1.25/sqrt(N) ~ 0.1
+SPURIOUS_PER_ARCMIN2 = 1.0    # at measured HR S/N > truthcheck.DETECTION_SNR
+DETECTIONS_PER_TRUTH = 1.5    # a tile's detections within this factor of the truth count (both S/N > 5)
+
+BINS = {f"{lo:.0f}-{hi:.0f}" if math.isfinite(hi) else f">{lo:.0f}": (lo, hi) for lo, hi in truthcheck.SNR_BINS}
+
+
+def _checks():
+    """(field, type, bin, figure, band, low, high) of every criterion of the issues."""
+    out = []
+    for label in BINS:
+        for kind in ("star", "galaxy"):
+            for band in ("hr", "lr", "colour"):
+                out.append(("correlated", kind, label, "n", band, MIN_SOURCES, math.inf))
+                out.append(("correlated", kind, label, "median chi", band, -0.15, 0.15))
+                out.append(("correlated", kind, label, "sigma chi", band, 0.85, 1.15))
+        for band in ("hr", "lr"):
+            out.append(("correlated", "galaxy", label, "bias", band, -0.01, 0.01))
+            out.append(("composite", "galaxy", label, "n", band, MIN_SOURCES, math.inf))
+            out.append(("composite", "galaxy", label, "bias", band, -0.01 if band == "hr" else -0.02,
+                        0.01 if band == "hr" else 0.02))
+            out.append(("composite", "galaxy", label, "sigma chi", band, 0.8, 1.25))
+    return out
+
+
+#: Criteria not met yet: test id -> the open issue and what was measured (2026-12-01, seeds 21-23).
+_STAR_MEDIANS = ("issue 13: star chi medians of +-0.16 to 0.19 with N = 150-330 (standard error of a median "
+                 "~0.09); the LR ones are all negative (-0.12, -0.16, -0.19): the LR sky (clipped median of the "
+                 "residual) is +0.01-0.04 sigma, lifted by light no model holds")
+_COMPOSITE = ("issue 12: a single Sersic fitted to bulge + disc + knots extrapolates light the galaxy does not "
+              "have: HR bias +11.9 / +6.3 / +3.1 %, LR +13.6 / +5.0 / +1.4 %, chi sigma 1.2-5.2 (S/N 20-50, "
+              "50-200, > 200); needs a bulge + disc model (legacypipe's COMP) or a free-form one")
+OPEN = {
+    "correlated-star-20-50-hr-median_chi": _STAR_MEDIANS + "; HR S/N 20-50: +0.16",
+    "correlated-star-20-50-colour-median_chi": _STAR_MEDIANS + "; colour S/N 20-50: -0.17",
+    "correlated-star-50-200-lr-median_chi": _STAR_MEDIANS + "; LR S/N 50-200: -0.16",
+    "correlated-star->200-hr-median_chi": _STAR_MEDIANS + "; HR S/N > 200: +0.16",
+    "correlated-star->200-lr-median_chi": _STAR_MEDIANS + "; LR S/N > 200: -0.19",
+    "correlated-star->200-colour-median_chi": _STAR_MEDIANS + "; colour S/N > 200: -0.16",
+    "correlated-galaxy->200-lr-median_chi": "issue 13: LR chi median +0.17 for galaxies at HR S/N > 200 (N = 223)",
+    "composite-galaxy-20-50-hr-bias": _COMPOSITE,
+    "composite-galaxy-20-50-lr-bias": _COMPOSITE,
+    "composite-galaxy-50-200-hr-bias": _COMPOSITE,
+    "composite-galaxy-50-200-lr-bias": _COMPOSITE,
+    "composite-galaxy-50-200-hr-sigma_chi": _COMPOSITE,
+    "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE,
+    "composite-galaxy->200-hr-bias": _COMPOSITE,
+    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE,
+    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE,
+}
+
+
+def _param(check):
+    name = "{0}-{1}-{2}-{4}-{3}".format(*check).replace(" ", "_")
+    reason = OPEN.get(name)
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(check, id=name, marks=marks)
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    """{field: (per-bin figures {(type, bin label): flux_figures}, [detection figures per seed])}, made once."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            directory = str(tmp_path_factory.mktemp(name))
+            runs = [fieldrun.run_field(seed, directory, FIELDS[name]) for seed in SEEDS]
+            assert all(rows is not None for rows, _ in runs), f"a {name} run failed"
+            rows = vstack([rows for rows, _ in runs])
+            print(f"{name} fields, seeds {SEEDS} stacked:\n{fieldrun.flux_table(rows)}")
+            binned = {(kind, f"{lo:.0f}-{hi:.0f}" if math.isfinite(hi) else f">{lo:.0f}"): f
+                      for kind, (lo, hi), f in truthcheck.binned_flux_figures(rows)}
+            cache[name] = (binned, [det for _, det in runs])
+        return cache[name]
+    return get
+
+
+def _value(f, band, figure):
+    """One figure of truthcheck.flux_figures: n, bias, median chi or sigma chi of a band (or the colour)."""
+    if band == "colour":
+        n, med, sig = f["colour"]
+        return {"n": n, "median chi": med, "sigma chi": sig}[figure]
+    n, bias, med, sig = f[band]
+    return {"n": n, "bias": bias, "median chi": med, "sigma chi": sig}[figure]
+
+
+@pytest.mark.parametrize("check", [_param(c) for c in _checks()])
+def test_binned_flux_figure(figures, check):
+    field, kind, label, figure, band, low, high = check
+    binned, _ = figures(field)
+    value = _value(binned[(kind, label)], band, figure)
+    assert low <= value <= high, f"{field} {kind} S/N {label} {band} {figure} = {value:.3f}, not in [{low}, {high}]"
+
+
+def test_spurious_detections_under_correlated_noise(figures):
+    """Issue 13: <= 1 spurious detection (no truth source within 0.3") per arcmin^2 at HR S/N > 5."""
+    _, detections = figures("correlated")
+    n = sum(d["n_spurious"] for d in detections)
+    area = sum(d["area"] for d in detections)
+    assert n / area <= SPURIOUS_PER_ARCMIN2, f"{n} spurious in {area:.2f} arcmin^2"
+
+
+def test_detections_per_tile_under_correlated_noise(figures):
+    """Issue 13: each tile's detections at HR S/N > 5 within 1.5x the truth count above S/N 5."""
+    _, detections = figures("correlated")
+    counts = [(tile, n_truth, n_det) for d in detections for tile, n_truth, n_det, _ in d["tiles"]]
+    off = [c for c in counts if not _within(c[1], c[2])]
+    assert not off, f"(tile, truth, detected) outside a factor {DETECTIONS_PER_TRUTH}: {off}"
+
+
+def _within(n_truth, n_detected):
+    return n_truth / DETECTIONS_PER_TRUTH <= n_detected <= DETECTIONS_PER_TRUTH * n_truth
