@@ -180,3 +180,64 @@ def robust_sigma(values):
     if values.size == 0:
         return float("nan")
     return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
+
+
+# --- the figures of issue 12 for a catalogue (scripts/real-data-report, tests/test_real_data.py) ---
+MATCH_RADIUS = 0.3        # arcsec: a peak is found / two sources are duplicates within this
+PEAK_NSIGMA = 35.0        # peaks of the PSF-smoothed HR image above this many blank-sky sigmas
+MIN_HR_SNR = 20.0         # HR S/N of the sources in the LR/HR flux comparison
+CROSS_TILE_RADIUS = 1.0   # arcsec: sources of different tiles this close are likely one source cut by a tile edge
+BOUND_TOLERANCE = 1e-3    # relative: re_pix this close to an RE_RANGE bound is on it
+
+
+def catalogue_figures(job, table):
+    """Issue 12's figures of a catalogue `table` of the real image of `job` (a validated job dict):
+    duplicates and cross-tile pairs [(i, j, distance px)], the peaks of the PSF-smoothed HR image above
+    PEAK_NSIGMA and which have a source within MATCH_RADIUS, sources with r_e at a bound, sources with a
+    counted flag (not conventions.INFORMATIONAL_FLAGS), and for HR S/N > MIN_HR_SNR, 'unflagged' and
+    'all': (n, median lr/hr, robust sigma and median of (lr - hr) / sqrt(err_lr^2 + err_hr^2), median LR
+    S/N).  Also the per-source arrays the report prints."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from jointphot.conventions import FLAGS, INFORMATIONAL_FLAGS
+    from jointphot.engines.base import RE_RANGE
+    from jointphot.images import pixel_scale_arcsec
+    from jointphot.psf import load_psf
+    with fits.open(job["hr_large_image_name"]) as hdul:
+        image = np.array(hdul[0].data, dtype=float)
+        wcs = WCS(hdul[0].header).celestial
+    scale = pixel_scale_arcsec(wcs)
+    ny, nx = image.shape
+    psf = load_psf(job["hr_image_psf"], job["hr_psf_type"], scale, position=((nx + 1) / 2.0, (ny + 1) / 2.0),
+                   psfex_mag=job["psfex_mag"]).image
+    noise = blank_sky(image, psf)
+    px, py = local_peaks(noise.smoothed - noise.smoothed_sky, PEAK_NSIGMA * noise.sigma_smoothed)
+    x, y = np.asarray(table["x_large"], float), np.asarray(table["y_large"], float)
+    kind = np.asarray(table["type"]).astype(str)
+    flags = np.asarray(table["flags"], int)
+    tile = np.asarray(table["tile_id"])
+    index, dist = nearest(x, y, px, py)
+    re_pix = np.asarray(table["re_pix"], float)
+    on_range = (kind != "psf") & ((re_pix <= RE_RANGE[0] * (1 + BOUND_TOLERANCE))
+                                  | (re_pix >= RE_RANGE[1] * (1 - BOUND_TOLERANCE)))
+    counted_bits = sum(bit for name, bit in FLAGS.items() if name not in INFORMATIONAL_FLAGS)
+    counted = (flags & counted_bits) != 0
+    band = job["lr_band"]
+    hr, hr_err = np.asarray(table["hr_flux"], float), np.asarray(table["hr_flux_err"], float)
+    lr, lr_err = np.asarray(table[f"{band}_flux"], float), np.asarray(table[f"{band}_flux_err"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bright = (hr / hr_err > MIN_HR_SNR) & np.isfinite(lr) & np.isfinite(lr_err)
+        pull = (lr - hr) / np.sqrt(lr_err ** 2 + hr_err ** 2)
+    comparison = {}
+    for key, sample in (("unflagged", bright & ~counted), ("all", bright)):
+        comparison[key] = ((int(sample.sum()), float(np.median(lr[sample] / hr[sample])), robust_sigma(pull[sample]),
+                            float(np.median(pull[sample])), float(np.median(lr[sample] / lr_err[sample])))
+                           if sample.any() else (0, math.nan, math.nan, math.nan, math.nan))
+    return dict(
+        comparison, scale=scale, wcs=wcs, x=x, y=y, ids=np.asarray(table["id"]), kind=kind, flags=flags,
+        re_pix=re_pix, duplicates=close_pairs(x, y, MATCH_RADIUS / scale),
+        cross_tile=[(i, j, d) for i, j, d in close_pairs(x, y, CROSS_TILE_RADIUS / scale) if tile[i] != tile[j]],
+        px=px, py=py, peak_snr=(noise.smoothed[py, px] - noise.smoothed_sky) / noise.sigma_smoothed,
+        sigma=noise.sigma, sigma_smoothed=noise.sigma_smoothed, peak_index=index, peak_dist=dist,
+        found=dist <= MATCH_RADIUS / scale, on_range=on_range,
+        at_bound=((flags & FLAGS["PARAM_AT_BOUND"]) != 0) | on_range, counted=counted)

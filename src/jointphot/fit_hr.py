@@ -12,8 +12,10 @@ hr_models 'legacy' (modelselect.py, the Legacy Surveys' rules): in a group, all 
 fitted jointly as round exponentials; then, brightest first, each source's neighbours'
 current models are subtracted (not masked) and the candidates PSF, REX, and for significant
 extended sources DEV, EXP and SER are fitted on the source's own box; the chosen model
-replaces the source's current one; finally the group is refitted jointly with the chosen
-models (errors from that joint fit).  A galaxy's r_e is bounded by RE_PER_SEGMENT_RADIUS
+replaces the source's current one (never a candidate that ends on a shape bound); finally the
+group is refitted jointly with the chosen models (errors from that joint fit), a source that ends
+on a bound there taking its best simpler candidate.  The final pass subtracts the other groups'
+first-pass models from each box.  A galaxy's r_e is bounded by RE_PER_SEGMENT_RADIUS
 times the radius of its detection segment: a model cannot grow to swallow a neighbour's
 halo.  The sky is the clipped mode of segmentation-free pixels, refined from the residual
 of a first pass; weights are rescaled by the detection step's per-pixel noise scale (measured on
@@ -40,7 +42,7 @@ from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .modelselect import dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
+from .modelselect import NPARAMS, dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
 from .noise import noise_model_from_hdu, variance_factor, white_noise
 from .plan import get_tile, tile_path, tile_psf
 
@@ -378,6 +380,8 @@ class GroupFitter:
                                             re_max=re_max)
                 if self.job["hr_models"] == "sersic":
                     fit = self._point_sources_as_galaxies(img, ivar, starts, fit, re_max)
+                else:
+                    fit = self._simpler_where_bounded(img, ivar, starts, fit, re_max, members)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
             log.warning("HR fit of group with sources %s failed: %s", list(self.numbers[members]), exc)
             return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0,
@@ -423,9 +427,31 @@ class GroupFitter:
                 fit = alt
         return fit
 
+    def _simpler_where_bounded(self, img, ivar, starts, fit, re_max, members):
+        """hr_models 'legacy': a source whose chosen model ends on a shape bound in the joint fit (a
+        neighbour's halo stretching its r_e to the cap) takes the best of its candidates that are
+        simpler (fewer parameters), and the group is fitted again, until none is bounded (a point
+        source has no shape to bound)."""
+        while True:
+            trial = list(fit.sources)
+            changed = False
+            for k, (src, bounded) in enumerate(zip(fit.sources, fit.at_bound)):
+                choice = self.choices.get(members[k])
+                if not (bounded and src.kind != "point" and choice and choice.dchisq):
+                    continue
+                simpler = {kind: d for kind, d in choice.dchisq.items() if NPARAMS[kind] < NPARAMS[src.kind]}
+                kind = select_model(simpler) if simpler else "point"
+                trial[k] = src.copy(kind=kind, re=min(src.re, 0.5 * re_max[k]), n=FIXED_SERSIC_N.get(kind, src.n),
+                                    **(dict(ab=1.0, phi=0.0) if kind in ("point", "rex") else {}))
+                changed = True
+            if not changed:
+                return fit
+            fit = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self._max_iter(trial), re_max=re_max)
+
     def _max_iter(self, sources):
         job = self.job
-        return job["hr_ps_niter"] if all(s.kind == "point" for s in sources) else job["hr_compl_niter"]
+        per_source = job["hr_ps_niter"] if all(s.kind == "point" for s in sources) else job["hr_compl_niter"]
+        return per_source * len(sources)
 
     def _choose_models(self, img, ivar, starts, re_max, origin, members):
         """Each source's model by the fit, brightest first, its neighbours' current models
@@ -477,13 +503,19 @@ class GroupFitter:
             for kind in ("dev", "exp"):
                 fit(kind, start.copy(kind=kind, x=r.x, y=r.y, flux=r.flux, re=r.re, n=FIXED_SERSIC_N[kind]))
             dchisq = {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
-            best = select_model(dchisq)
+            best = select_model(_within_bounds(dchisq, fits))
             if best in ("exp", "dev"):
                 fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
                 dchisq["sersic"] = (chi2_none - fits["sersic"].chi2) / factor
-        kind = select_model(dchisq)
+        kind = select_model(_within_bounds(dchisq, fits))
         fluxes = {k: f.sources[0].flux for k, f in fits.items()}
         return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
+
+
+def _within_bounds(dchisq, fits):
+    """The candidates' dchisq without those whose fit ended with a shape parameter on its bound (a
+    model held by its prior, e.g. an r_e stretched to its cap by a neighbour's halo, is not chosen)."""
+    return {k: d for k, d in dchisq.items() if not fits[k].at_bound[0]}
 
 
 def _moved(src: Source, x: float, y: float) -> Source:
@@ -523,7 +555,6 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     """Table of the HR fit (one row per detection) with units."""
     job = plan["job"]
     x_off, y_off = header["JP_X0"], header["JP_Y0"]
-    tile = plan["tiles"][tile_id]
     n = len(results)
     flags = np.zeros(n, np.int32)
     for i, (row, res) in enumerate(zip(cat, results)):

@@ -34,7 +34,7 @@ KEYS: Dict[str, tuple] = {
     "cutoutsize_arcsec": ("pair", REQUIRED, "tile core size [x, y] in arcsec"),
     "cutoutoverlap_arcsec": ("pair", [10.0, 10.0], "total overlap between tiles [x, y] in arcsec (half on each side)"),
     "cutout_output_dir": ("outdir", None, "accepted for compatibility; cutouts are written to the tile directories"),
-    "hr_compl_niter": ("int", 15, "maximum optimiser steps per HR group"),
+    "hr_compl_niter": ("int", 15, "maximum optimiser steps per source of an HR group (a group of k sources: k x this)"),
     "lr_compl_niter": ("int", 10, "accepted for compatibility; the LR flux fit is linear (one step)"),
     "hr_zp": ("float", REQUIRED, "AB zeropoint of the HR image counts"),
     "lr_zp": ("float", REQUIRED, "AB zeropoint of the LR image counts"),
@@ -52,7 +52,7 @@ KEYS: Dict[str, tuple] = {
     "spurious_pixel_cut": ("float", 0.0, "flag detections with FLUX_RADIUS below this (HR px) as spurious; 0 = off"),
     "hr_wht_image_type": ("choice", "MAP_WEIGHT", "HR weight map type: MAP_WEIGHT (inverse variance), MAP_RMS, MAP_VAR, NONE"),
     "hr_large_image_wht_name": ("path_or_none", None, "HR weight map, or 'none'"),
-    "hr_ps_niter": ("int", 5, "maximum optimiser steps for groups made only of point sources"),
+    "hr_ps_niter": ("int", 5, "maximum optimiser steps per source for groups made only of point sources"),
     # --- written by the original's scripts, read by nothing: accepted and ignored ----------
     "show_plots": ("any", None, "ignored (the original's plotting switch)"),
     "ncores": ("int", None, "default for --jobs"),

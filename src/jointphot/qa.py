@@ -260,7 +260,6 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     x0, y0 = hh.get("JP_X0", 0), hh.get("JP_Y0", 0)
     flagged = (np.asarray(table["flags"]) != 0) if len(table) else np.zeros(0, bool)
     types = np.asarray(table["type"]).astype(str) if len(table) else np.zeros(0, str)
-    is_point = types == "psf"
     lx, ly = _lr_positions(plan, table, im["lr"]["header"])
     hx = np.asarray(table["x"], float) if len(table) else np.zeros(0)
     hy = np.asarray(table["y"], float) if len(table) else np.zeros(0)
