@@ -64,3 +64,44 @@ def test_seed_format_job_runs_unchanged(field_copy, tmp_path):
     with fits.open(tmp_path / "seed_catalog.fits") as hdul:
         cat = hdul[1].data
         assert len(cat) > 40 and set(cat["tile_id"]) == {0}
+
+
+#: JSON-schema type of each jobfile.KEYS kind ('any' keys: any type).
+SCHEMA_TYPE = {"int": "integer", "float": "number", "str": "string", "bool": "boolean", "path": "string",
+               "outdir": "string", "dir": "string", "path_or_none": "string", "pair": "array",
+               "psf": ["string", "number"], "list": "array", "dict": "object", "choice": "string"}
+
+
+def test_job_keys_schema_and_config_agree_key_by_key():
+    """Issue 16: jobfile.KEYS is the one definition of the job keys.  Each is a pipeline parameter of
+    nextflow_schema.json with the same type, choices and jointphot default (none for required keys and
+    keys whose default is worked out at run time), and is in nextflow.config's params as null (not set:
+    jointphot applies its default); the schema's job-key groups hold nothing else."""
+    import re
+    from jointphot.jobfile import CHOICES, REQUIRED
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    defs = json.load(open(os.path.join(repo, "nextflow_schema.json")))["$defs"]
+    groovy = open(os.path.join(repo, "lib", "Jointphot.groovy")).read()
+    job_groups = re.search(r"JOB_GROUPS = \[([^\]]*)\]", groovy).group(1).replace("'", "").replace(" ", "").split(",")
+    in_job_groups = {name: d for g in job_groups for name, d in defs[g]["properties"].items()}
+    everywhere = {name: d for g in defs.values() for name, d in g.get("properties", {}).items()}
+    config = open(os.path.join(repo, "nextflow.config")).read()
+    assert set(in_job_groups) - set(KEYS) == set(), "schema job keys unknown to jobfile.KEYS"
+    problems = []
+    for key, (kind, default, _) in KEYS.items():
+        d = everywhere.get(key)
+        if d is None:
+            problems.append(f"{key}: not in nextflow_schema.json")
+            continue
+        if kind != "any" and d.get("type") != SCHEMA_TYPE[kind]:
+            problems.append(f"{key}: schema type {d.get('type')!r}, KEYS kind {kind!r}")
+        if kind == "choice" and d.get("enum") != list(CHOICES[key]):
+            problems.append(f"{key}: schema enum {d.get('enum')!r}, KEYS choices {list(CHOICES[key])!r}")
+        expected = None if default is REQUIRED else default
+        if d.get("default") != expected:
+            problems.append(f"{key}: schema default {d.get('default')!r}, KEYS default {expected!r}")
+        in_config = re.search(rf"^\s+{key}\s+=\s+(\S+)", config, re.M)
+        wanted = "null" if key in in_job_groups else repr(default)
+        if not in_config or in_config.group(1) != wanted:
+            problems.append(f"{key}: nextflow.config has {in_config.group(1) if in_config else 'nothing'}, not {wanted}")
+    assert not problems, "\n".join(problems)

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from jointphot.errors import JointphotError
+from jointphot.plan import parse_tiles
 from jointphot.tiling import make_grid
 
 
@@ -31,3 +33,19 @@ def test_grid_of_the_original_readme_example():
     assert tiles[0].owns(0, 0) and tiles[2].owns(5999, 0) and tiles[8].owns(5999, 5999)
     x0, x1, y0, y1 = tiles[4].padded
     assert (x1 - x0) * 0.03 == pytest.approx(70.0, abs=0.06)
+
+
+@pytest.mark.parametrize("spec, ids", [("all", list(range(8))), ("3", [3]), ("0,2,5", [0, 2, 5]),
+                                       ("0,2,5-7", [0, 2, 5, 6, 7]), (" 5-7 , 0 ", [0, 5, 6, 7]), ("1-1", [1])])
+def test_tile_lists_have_the_pipelines_grammar(spec, ids):
+    """`jointphot run --tiles` reads what the pipeline's --tiles reads (lib/Jointphot.groovy parseTiles:
+    ids and ranges); errors do not name the option, which the CLI adds once."""
+    assert parse_tiles(spec, 8) == ids
+
+
+@pytest.mark.parametrize("spec, words", [("one", ["'one'", "ranges"]), ("5-3", ["range '5-3' is empty"]),
+                                         ("0,9", ["tile 9 does not exist"])])
+def test_bad_tile_lists_are_named(spec, words):
+    with pytest.raises(JointphotError) as err:
+        parse_tiles(spec, 8)
+    assert all(w in str(err.value) for w in words) and "--tiles" not in str(err.value)

@@ -126,4 +126,7 @@ def readme_text(table: Table, band: str) -> str:
               "hr_/lr_aperture_correction: 'apply' multiplies the fluxes and their errors by it, magnitudes follow)"]
     for band, cards in CARDS.items():
         lines += [f"{card:8s} {CARD_COMMENTS[what].format(band=band.upper())}" for what, card in cards.items()]
+    lines += ["", "Extension JOB: columns job (the whole job as JSON: every key, defaults filled, inputs by absolute",
+              "path) and versions (JSON: jointphot, engine, sextractor, python, numpy, scipy, astropy).",
+              "`jointphot rerun CATALOGUE --dir DIR` runs that job again with the same engine."]
     return "\n".join(lines) + "\n"

@@ -199,7 +199,8 @@ def _tile_ids(plan, tiles):
 
 @main.command("run")
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--tiles", default=None, help="'all', one id or a comma list (default: the job's tile_id, else all).")
+@click.option("--tiles", default=None, help="'all', one id, or a comma list of ids and ranges, e.g. 0,2,5-7 "
+                                            "(default: the job's tile_id, else all).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Tiles run in parallel (default: the job's ncores, else 1).")
 @ENGINE_OPTION
@@ -341,7 +342,7 @@ def _run_qa(plan, logger, catalog=None, jobs=1):
 
 @main.command("qa")
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--tiles", default="all", show_default=True, help="Tiles to draw: 'all', one id or a comma list.")
+@click.option("--tiles", default="all", show_default=True, help="Tiles to draw: 'all', one id, or a comma list of ids and ranges (0,2,5-7).")
 @click.option("-o", "--outdir", type=click.Path(file_okay=False), default=None,
               help="Directory of the pictures (default <workdir>/qa).")
 @click.option("--force", is_flag=True, help="Redraw the tile pictures even when they are newer than their tile's products.")
@@ -420,6 +421,36 @@ def simulate_command(outdir, seed, size_arcsec, galaxies, hr_noise, lr_noise, po
     paths = simulate_field(outdir, seed=seed, size_arcsec=size_arcsec, galaxies=galaxies, hr_noise=hr_noise,
                            lr_noise=lr_noise, poisson=poisson, psf_light_fraction=psf_light_fraction, **counts)
     click.echo(f"simulated field written to {outdir} ({len(paths)} files)")
+
+
+@main.command("rerun")
+@click.argument("catalogue", type=click.Path(dir_okay=False))
+@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True,
+              help="New directory: the stored job is written there as job.json, its work directory is DIR/work.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Tiles run in parallel.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Catalogue to write (default DIR/work/catalog.fits).")
+@_verbosity_options
+@click.pass_context
+def rerun_command(ctx, catalogue, directory, jobs, output):
+    """Run again the job stored in a merged catalogue (its JOB extension: every key as resolved, the
+    inputs by absolute path) with the engine that made it, every tile, into a new directory; the
+    versions that made it and today's are compared (a warning names each difference)."""
+    import json
+    from .merge import job_from_catalogue, tool_versions
+    job, versions = job_from_catalogue(catalogue)
+    os.makedirs(directory, exist_ok=True)
+    job["workdir"] = os.path.join(os.path.abspath(directory), "work")
+    job["tile_id"] = None
+    path = os.path.join(directory, "job.json")
+    with open(path, "w") as fh:
+        json.dump(job, fh, indent=1, sort_keys=True)
+    for name, version in tool_versions().items():
+        if versions.get(name, version) != version:
+            logging.getLogger("jointphot").warning("%s was %s for %s, is %s now", name, versions[name], catalogue,
+                                                   version)
+    engine = "tractor" if "tractor" in versions.get("engine", "") else "native"
+    ctx.invoke(run_command, job=path, tiles="all", jobs=jobs, engine=engine, force=False, output=output, no_qa=True)
 
 
 @main.command("job-keys")

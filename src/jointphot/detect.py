@@ -91,6 +91,16 @@ def find_sextractor(sex_command):
     )
 
 
+def sextractor_version(command) -> str:
+    """The version SExtractor `command` prints with --version (e.g. '2.25.0'), or 'unknown'."""
+    try:
+        out = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    words = (out.stdout + out.stderr).split()
+    return words[words.index("version") + 1] if "version" in words[:-1] else "unknown"
+
+
 def detection_settings(pixel_scale_arcsec, zeropoint, seeing_fwhm_arcsec, overrides=None):
     """SExtractor keyword -> value for HR detection (the original tool's HR numbers, deeper threshold).
 
@@ -476,6 +486,7 @@ def detect_tile(plan, tile_id: int, directory: str) -> None:
     cat_hdu.header["JP_THRSH"] = (float(threshold) if "," not in threshold else threshold,
                                   "DETECT_THRESH used [unfiltered px sigma]")
     cat_hdu.header["JP_NEGDT"] = (len(negated), "detections on the negated image")
+    cat_hdu.header["JP_SEXV"] = (sextractor_version(sex_command), "SExtractor version")
     seg_hdu = fits.ImageHDU(segmap.astype(np.int32), header, name="SEGMAP")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(), cat_hdu, seg_hdu, noise_model_hdu(noise)]),
                       tile_path(directory, tile_id, "hr_detections"))

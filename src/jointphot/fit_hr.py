@@ -149,6 +149,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         cat = Table(hdul["CATALOG"].data)
         segmap = with_every_segment(hdul["SEGMAP"].data.astype(np.int32), cat)
         noise = noise_model_from_hdu(hdul["NOISE_ACF"])
+        sex_version = hdul["CATALOG"].header.get("JP_SEXV", "unknown")
     # the weights are rescaled to the blank sky's scatter below: errors need the correlation only
     correlation = dataclasses.replace(noise, scale=1.0)
     wcs = celestial_wcs(header, "hr cutout", f"tile {tile_id}")
@@ -216,6 +217,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     hdr["JP_TILE"] = (tile_id, "tile id")
     hdr["JP_ENG"] = (engine.name, "fitting engine")
     hdr["JP_ENGV"] = (engine.version, "fitting engine version")
+    hdr["JP_SEXV"] = (sex_version, "SExtractor version (detection)")
     hdr["JP_SKY"] = (sky, "[count] HR sky level subtracted (median of the local background)")
     hdr["JP_BGCEL"] = (job["hr_background_cell_arcsec"], "[arcsec] HR local background cell (0: constant)")
     hdr["JP_WFAC"] = (wfactor, "factor applied to the HR inverse variance")

@@ -59,6 +59,7 @@ def merge_tables(plan, tables: Dict[int, Table]) -> Table:
     are combined per band and, where the job key <band>_aperture_correction is 'apply', multiply
     the fluxes; meta['apcorr'] = {band: (Correction, applied)} for write_catalogue."""
     merged = _kept_rows(plan, tables)
+    merged.meta["sextractor"] = ",".join(sorted({t.meta.get("sextractor", "unknown") for t in tables.values()}))
     merged.meta["apcorr"] = {}
     for band in apcorr.CARDS:
         corr = apcorr.combine_tiles([t.meta.get("apcorr", {}).get(band, apcorr.Correction()) for t in tables.values()])
@@ -138,6 +139,7 @@ def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
                 table = Table(hdul["LR_FIT"].data)
                 tile_id = int(hdul["LR_FIT"].header["JP_TILE"])
                 table.meta["engine"] = hdul["LR_FIT"].header.get("JP_ENGV", "")
+                table.meta["sextractor"] = hdul["LR_FIT"].header.get("JP_SEXV", "unknown")
                 table.meta["apcorr"] = {band: apcorr.from_header(hdul["LR_FIT"].header, band) for band in apcorr.CARDS}
         except FileNotFoundError:
             raise JointphotError(f"merge: {path!r} does not exist") from None
@@ -174,6 +176,39 @@ def default_tile_files(plan) -> List[str]:
     return out
 
 
+#: Extension of a merged catalogue that holds the job and the tools' versions as JSON.
+JOB_HDU = "JOB"
+
+
+def tool_versions():
+    """{name: version} of Python and the Python packages the numbers depend on."""
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "scipy", "astropy"):
+        out[name] = __import__(name).__version__
+    return out
+
+
+def job_hdu(job, versions):
+    """The JOB extension: one row, columns `job` (the whole job, JSON, paths as resolved) and
+    `versions` (JSON), read back by :func:`job_from_catalogue`."""
+    texts = [json.dumps(job, sort_keys=True, default=str), json.dumps(versions, sort_keys=True)]
+    cols = [fits.Column(name=name, format=f"{max(len(text), 1)}A", array=np.array([text]))
+            for name, text in zip(("job", "versions"), texts)]
+    return fits.BinTableHDU.from_columns(cols, name=JOB_HDU)
+
+
+def job_from_catalogue(path):
+    """(job dict, versions dict) stored in a merged catalogue by write_catalogue."""
+    try:
+        with fits.open(path) as hdul:
+            row = hdul[JOB_HDU].data[0]
+            return json.loads(row["job"]), json.loads(row["versions"])
+    except FileNotFoundError:
+        raise JointphotError(f"{path!r} does not exist") from None
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise JointphotError(f"{path!r} is not a jointphot catalogue with a {JOB_HDU} extension ({exc})") from None
+
+
 def write_catalogue(plan, merged: Table, path: str, missing: List[int], engines: List[str],
                     failures: Optional[Dict[int, str]] = None) -> None:
     """Write the merged catalogue (units, job, versions, missing tiles in the header) and its README."""
@@ -190,14 +225,15 @@ def write_catalogue(plan, merged: Table, path: str, missing: List[int], engines:
     hdr["JP_LRZP"] = (plan["job"]["lr_zp"], "[mag] LR AB zeropoint")
     for which, (corr, applied) in merged.meta.pop("apcorr", {}).items():
         hdr.update(apcorr.header_cards(which, corr, applied))
-    hdr["PYVERS"] = (platform.python_version(), "Python version")
-    for name in ("numpy", "scipy", "astropy"):
-        mod = __import__(name)
-        hdr[f"V_{name.upper()[:6]}"] = (mod.__version__, f"{name} version")
+    hdr["JP_SEXV"] = (merged.meta.pop("sextractor", "unknown") or "unknown", "SExtractor version(s) of the tiles")
+    versions = tool_versions()
+    for name, version in versions.items():
+        hdr[f"V_{name.upper()[:6]}"] = (version, f"{name} version")
     for tile_id, reason in sorted((failures or {}).items()):
         hdr.add_history(f"tile {tile_id} failed: {reason}"[:70])
-    for line in json.dumps(plan["job"], sort_keys=True, default=str).encode().decode().split(", "):
-        hdr.add_comment(("job: " + line)[:72])
-    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(merged, header=hdr, name="CATALOG")]),
+    hdr["JP_JOBHD"] = (JOB_HDU, "HDU holding the whole job as JSON (jointphot rerun)")
+    write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(merged, header=hdr, name="CATALOG"),
+                                    job_hdu(plan["job"], dict(versions, jointphot=__version__,
+                                                              engine=hdr["JP_ENGV"], sextractor=hdr["JP_SEXV"]))]),
                       path)
     write_text_atomic(readme_text(merged, band), os.path.splitext(path)[0] + "_README.txt")

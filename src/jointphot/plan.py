@@ -211,15 +211,26 @@ def tile_path(directory: str, tile_id: int, product: str) -> str:
 
 
 def parse_tiles(spec: str, n_tiles: int) -> List[int]:
-    """'all', '3' or '0,2,5' -> sorted list of tile ids (checked against the grid)."""
+    """'all', '3', '0,2,5' or '0,2,5-7' -> sorted list of tile ids (checked against the grid).  The
+    grammar of the pipeline's --tiles (lib/Jointphot.groovy parseTiles); errors say what is wrong
+    without naming the option (the caller does)."""
     spec = str(spec).strip()
     if spec.lower() == "all":
         return list(range(n_tiles))
-    try:
-        ids = sorted({int(s) for s in spec.split(",") if s.strip()})
-    except ValueError:
-        raise JointphotError(f"--tiles: {spec!r} is not 'all' or a comma-separated list of tile ids") from None
-    for t in ids:
+    ids = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = (int(first), int(last)) if dash else (int(part), int(part))
+        except ValueError:
+            raise JointphotError(f"{spec!r} is not 'all' or a comma-separated list of tile ids and ranges "
+                                 f"(e.g. 0,2,5-7)") from None
+        if lo > hi:
+            raise JointphotError(f"{spec!r}: the range {part!r} is empty")
+        ids.update(range(lo, hi + 1))
+    for t in sorted(ids):
         if not 0 <= t < n_tiles:
             raise JointphotError(f"tile {t} does not exist: the grid has {n_tiles} tiles (0..{n_tiles - 1})")
-    return ids
+    return sorted(ids)

@@ -684,8 +684,9 @@ def _write_jobs(paths):
         "spurious_pixel_cut": 1.0,
         "tile_id": 0,
     }
-    job = dict(seed_job, sex_command="source-extractor", hr_large_image_wht_name=name["hr_wht"],
-               hr_wht_image_type="MAP_WEIGHT")
+    # job.json: jointphot's packaged SExtractor files (the original's sexinputdir does not exist here)
+    job = dict({k: v for k, v in seed_job.items() if k != "sexinputdir"}, sex_command="source-extractor",
+               hr_large_image_wht_name=name["hr_wht"], hr_wht_image_type="MAP_WEIGHT")
     for key, content in (("job_seed", seed_job), ("job", job)):
         with open(paths[key], "w") as fh:   # one key per line, like the original README's example
             fh.write("{" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in content.items()) + "\n}\n")
