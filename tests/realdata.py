@@ -199,7 +199,7 @@ def catalogue_figures(job, table):
     S/N).  Also the per-source arrays the report prints."""
     from astropy.io import fits
     from astropy.wcs import WCS
-    from jointphot.conventions import FLAGS, INFORMATIONAL_FLAGS
+    from jointphot.conventions import FLAGS, is_flagged
     from jointphot.engines.base import RE_RANGE
     from jointphot.images import pixel_scale_arcsec
     from jointphot.psf import load_psf
@@ -220,8 +220,7 @@ def catalogue_figures(job, table):
     re_pix = np.asarray(table["re_pix"], float)
     on_range = (kind != "psf") & ((re_pix <= RE_RANGE[0] * (1 + BOUND_TOLERANCE))
                                   | (re_pix >= RE_RANGE[1] * (1 - BOUND_TOLERANCE)))
-    counted_bits = sum(bit for name, bit in FLAGS.items() if name not in INFORMATIONAL_FLAGS)
-    counted = (flags & counted_bits) != 0
+    counted = is_flagged(flags)
     band = job["lr_band"]
     hr, hr_err = np.asarray(table["hr_flux"], float), np.asarray(table["hr_flux_err"], float)
     lr, lr_err = np.asarray(table[f"{band}_flux"], float), np.asarray(table[f"{band}_flux_err"], float)

@@ -59,7 +59,7 @@ def test_a_galaxy_larger_than_the_overlap_on_a_tile_corner_is_kept_once(tmp_path
     proc = subprocess.run([sys.executable, "-m", "jointphot.cli", "run", "job.json", "--tiles", "all", "-j", "2",
                            "--no-qa", "-o", "catalog.fits"], cwd=d, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    cat = Table.read(os.path.join(d, "catalog.fits"))
+    cat = Table.read(os.path.join(d, "catalog.fits"), hdu="CATALOG")
     dist = np.hypot((cat["ra"] - ra) * np.cos(np.radians(dec)), cat["dec"] - dec) * 3600.0
     near = dist < 1.0
     assert near.sum() == 1, cat[near]["id", "tile_id", "x_large", "y_large", "hr_flux", "type"]

@@ -41,3 +41,11 @@ def test_flags_are_distinct_bits_with_meanings():
     assert len(set(values)) == len(values) and all(v & (v - 1) == 0 for v in values)
     assert set(cv.FLAG_MEANINGS) == set(cv.FLAGS)
     assert cv.describe_flags(cv.FLAGS["SPURIOUS"] | cv.FLAGS["LR_BLENDED"]) == ["SPURIOUS", "LR_BLENDED"]
+
+
+def test_flagged_means_a_flag_other_than_the_informational_ones():
+    """One definition of "flagged" for the QA pictures, the summary and the reports."""
+    flags = [0, cv.FLAGS["HR_EDGE"], cv.FLAGS["LR_BLENDED"] | cv.FLAGS["HR_RESIDUAL_DETECTION"],
+             cv.FLAGS["PARAM_AT_BOUND"], cv.FLAGS["HR_EDGE"] | cv.FLAGS["HR_NOT_CONVERGED"]]
+    assert cv.is_flagged(flags).tolist() == [False, False, False, True, True]
+    assert cv.MEASUREMENT_FLAG_BITS | sum(cv.FLAGS[n] for n in cv.INFORMATIONAL_FLAGS) == sum(cv.FLAGS.values())

@@ -47,7 +47,7 @@ def figures(request, hff):
     os.chdir(hff)         # the job's paths are relative to its directory
     try:
         job = load_job(f"job_{tiling}.json")
-        f = realdata.catalogue_figures(job, Table.read(f"cat_{tiling}.fits"))
+        f = realdata.catalogue_figures(job, Table.read(f"cat_{tiling}.fits", hdu="CATALOG"))
     finally:
         os.chdir(cwd)
     print(f"{tiling}: {len(f['x'])} sources, duplicates {len(f['duplicates'])}, cross-tile {len(f['cross_tile'])}, "

@@ -132,7 +132,6 @@ FLAG_MEANINGS = {
 }
 
 
-#: Flags that describe where a source is or how it was found, not that its measurement failed.
 #: The SExtractor FLAGS bits that make a fit-based source SEXTRACTOR_FLAGGED: saturated (4) and memory
 #: overflow in deblending (64) or extraction (128).  The others describe SExtractor's own aperture and
 #: isophotal photometry, which jointphot does not report: 1 (neighbours bias MAG_AUTO), 2 (blended; the
@@ -141,7 +140,15 @@ FLAG_MEANINGS = {
 #: cD's Kron ellipse across a tile edge, which made the flag depend on the tiling).
 SEXTRACTOR_FLAG_BITS = 4 | 64 | 128
 
+#: Flags that describe where a source is or how it was found, not that its measurement failed.
 INFORMATIONAL_FLAGS = ("HR_EDGE", "LR_BLENDED", "HR_RESIDUAL_DETECTION")
+#: The bits of the other flags: a source with any of them is "flagged" (QA pictures, reports).
+MEASUREMENT_FLAG_BITS = sum(bit for name, bit in FLAGS.items() if name not in INFORMATIONAL_FLAGS)
+
+
+def is_flagged(flags):
+    """Bool array: the sources of `flags` (the catalogue column) with a flag other than INFORMATIONAL_FLAGS."""
+    return (np.asarray(flags, np.int64) & MEASUREMENT_FLAG_BITS) != 0
 
 
 def describe_flags(value):

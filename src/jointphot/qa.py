@@ -1,7 +1,7 @@
 """QA pictures: what a run did, to look at rather than read.
 
 Per tile, ``<workdir>/qa/tile_NNNN.png``: HR and LR data / model / residual, the detections
-marked (one marker per model type, orange: flagged; dashed box: the tile's core).
+marked (one marker per model type, orange: flagged (conventions.is_flagged); dashed box: the tile's core).
 For the run, ``<workdir>/qa/summary.png`` and ``summary.html``: the tile map coloured by status
 (ok / failed / missing), LR vs HR magnitude, flux error vs magnitude, and per-tile residual
 statistics (median and robust sigma of residual / noise); the HTML page adds a table of the
@@ -162,7 +162,7 @@ def tile_residuals(plan, tile_id: int, images: Optional[Dict] = None) -> Dict[st
 def catalogue_summary(table: Table, band: str = "lr") -> Dict[str, float]:
     """Figures of a (merged) catalogue drawn on the summary page.
 
-    n, n_point, n_flagged (flags != 0), n_lr (finite LR magnitude), median_lr_minus_hr (mag, for
+    n, n_point, n_flagged (conventions.is_flagged), n_lr (finite LR magnitude), median_lr_minus_hr (mag, for
     sources with both magnitudes), hr_mag_range / lr_mag_range ([min, max]), median fractional
     flux errors of HR and LR.
     """
@@ -186,7 +186,7 @@ def catalogue_summary(table: Table, band: str = "lr") -> Dict[str, float]:
         return [float(m.min()), float(m.max())] if m.size else [np.nan, np.nan]
 
     return {"n": n, "n_point": int(np.sum(np.asarray(table["type"]).astype(str) == "psf")),
-            "n_flagged": int(np.sum(np.asarray(table["flags"]) != 0)), "n_lr": int(np.isfinite(lr).sum()),
+            "n_flagged": int(np.sum(cv.is_flagged(table["flags"]))), "n_lr": int(np.isfinite(lr).sum()),
             "median_lr_minus_hr": float(np.median(lr[both] - hr[both])) if both.any() else np.nan,
             "hr_mag_range": rng(hr), "lr_mag_range": rng(lr),
             "median_hr_frac_err": frac("hr"), "median_lr_frac_err": frac(band)}
@@ -258,7 +258,7 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     core = plan["tiles"][tile_id]["core"]
     hh = im["hr"]["header"]
     x0, y0 = hh.get("JP_X0", 0), hh.get("JP_Y0", 0)
-    flagged = (np.asarray(table["flags"]) != 0) if len(table) else np.zeros(0, bool)
+    flagged = cv.is_flagged(table["flags"]) if len(table) else np.zeros(0, bool)
     types = np.asarray(table["type"]).astype(str) if len(table) else np.zeros(0, str)
     lx, ly = _lr_positions(plan, table, im["lr"]["header"])
     hx = np.asarray(table["x"], float) if len(table) else np.zeros(0)
@@ -310,6 +310,8 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
             else:
                 title = f"{band_name} {name}"
             ax.set_title(title, fontsize=10)
+            ax.set_xlabel(f"x [{key.upper()} cutout px]", fontsize=8)
+            ax.set_ylabel(f"y [{key.upper()} cutout px]", fontsize=8)
             ax.tick_params(labelsize=7)
     status = read_status(plan, tile_id)
     in_core = int(np.sum(np.asarray(table["in_core"]))) if len(table) else 0
@@ -317,8 +319,8 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     fig.suptitle(f"tile {tile_id}: {len(table)} sources fitted, {in_core} in its core ({by_type}; "
                  f"{int(flagged.sum())} flagged)"
                  + (f", {status['seconds']:.0f} s" if status else "")
-                 + "\nmarkers: model type (legend); green: unflagged, orange: flagged; "
-                   "dashed: the tile's core; yellow: ignored pixels (masked, no data)", fontsize=11)
+                 + "\nmarkers: model type (legend); green: unflagged; orange: flagged (informational flags "
+                   "aside); dashed: the tile's core; yellow: ignored pixels", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path)
     return path
@@ -379,10 +381,10 @@ def draw_summary(plan, path: str, statuses: Dict[int, str], table: Table, residu
         hr = np.asarray(table["hr_mag"], float)
         lr = np.asarray(table[f"{band}_mag"], float)
         point = np.asarray(table["type"]).astype(str) == "psf"
-        flagged = np.asarray(table["flags"]) != 0
+        flagged = cv.is_flagged(table["flags"])
         for sel, label, colour in ((point & ~flagged, "point", "#377eb8"), (~point & ~flagged, "galaxy", "#ff7f00"),
                                    (flagged, "flagged", "#999999")):
-            ax_mag.scatter(hr[sel], lr[sel], s=10, c=colour, label=f"{label} ({int(np.sum(sel & np.isfinite(lr)))})",
+            ax_mag.scatter(hr[sel], lr[sel], s=10, c=colour, label=f"{label} ({int(np.sum(sel))})",
                            lw=0, alpha=0.8)
         fin = np.isfinite(hr) & np.isfinite(lr)
         if not fin.any():
