@@ -4,12 +4,9 @@ Thresholds (issue 2): for isolated sources with HR S/N > 20, the median of
 (measured - true) / error within +-0.15 and the robust sigma (1.4826 MAD) within
 0.8-1.25, for HR and LR fluxes; completeness > 95 % at HR S/N > 10; median astrometric
 offset < 5 mas; no duplicates.  On ONE field the median of N chi values is uncertain by
-~1.25/sqrt(N) (0.09 for the example field's ~190 sources): there the median is held to
-median_chi_limit(N) = max(0.15, 3 x 1.25/sqrt(N)), a gross-bias check, and the +-0.15
-criterion is asserted per type and S/N bin over three seeds (>= 150 sources per bin) by
-test_statistics.py.  (On the example field, seed 1, the 41 isolated stars with S/N > 50 have
-chi median +0.32 and robust sigma 0.45 even for the ideal estimator, a linear fit of the true
-PSF at the true position: that is the noise realisation, not the pipeline.)
+~1.25/sqrt(N) (0.09 for the example field's ~190 sources); the +-0.15 criterion is also asserted
+per type and S/N bin over three seeds (>= 150 sources per bin) by test_statistics.py.
+EXAMPLE_HR_MEDIAN_OPEN says why the example field's native HR median misses it.
 
 Per type and HR S/N bin (issues 12, 13; scripts/validate): flux_rows -> binned_flux_figures, and
 the detection figures spurious_per_arcmin2 and detections_per_tile.
@@ -50,9 +47,12 @@ def match(cat, truth, radius_arcsec=MATCH_RADIUS_ARCSEC):
     return idx, dist * 1000.0
 
 
-def median_chi_limit(n):
-    """Bound on |median chi| of n sources of one field: 0.15, or 3 standard errors of the median."""
-    return max(0.15, 3.0 * 1.25 / math.sqrt(max(n, 1)))
+#: Why the example field's (seed 1) native HR chi median, +0.17 over 188 sources, misses 0.15: its 41
+#: isolated stars with S/N > 50 have chi median +0.32 and robust sigma 0.45 even for the ideal
+#: estimator (a linear fit of the true PSF at the true position), i.e. the noise realisation.  The
+#: criterion holds per bin over three seeds (test_statistics.py); the Tractor engine gives +0.142.
+EXAMPLE_HR_MEDIAN_OPEN = ("example field, native engine: HR chi median +0.17 > 0.15; the stars' noise realisation "
+                          "gives +0.32 even for the ideal estimator (truthcheck.EXAMPLE_HR_MEDIAN_OPEN)")
 
 
 def robust_stats(chi):
@@ -91,15 +91,16 @@ def catalog_figures(catalog_path, truth_path, band="lr"):
     }
 
 
-def check_catalog_against_truth(catalog_path, truth_path, band="lr"):
-    """Assert the issue-2 thresholds; returns the figures (for printing)."""
+def check_catalog_against_truth(catalog_path, truth_path, band="lr", keys=("hr_chi", "lr_chi")):
+    """Assert the issue-2 thresholds (chi medians of `keys`); returns the figures (for printing)."""
     f = catalog_figures(catalog_path, truth_path, band)
     assert f["n_selected"] >= 150, f
     for key in ("hr_chi", "lr_chi"):
         med, sig, n = f[key]
         assert n >= 150, (key, f)
-        assert abs(med) < median_chi_limit(n), (key, f)
         assert 0.8 < sig < 1.25, (key, f)
+        if key in keys:
+            assert abs(med) < 0.15, (key, f)
     assert f["completeness_snr10"] > 0.95, f
     assert f["median_offset_mas"] < 5.0, f
     assert f["duplicate_ids"] == 0 and f["duplicate_positions"] == 0 and f["n_truth_matched_twice"] == 0, f

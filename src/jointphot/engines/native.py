@@ -182,7 +182,7 @@ class NativeEngine(Engine):
         # the covariance of the parameters not pinned at a bound (pinned r_e or n are held fixed;
         # positions never are: their bound only guards the optimiser)
         free = ~_pinned(np.concatenate(vecs), lower, upper, jac.T @ resid)
-        free[np.concatenate([[0, 1]] + [[o, o + 1] for o in offsets[1:-1]])] = True
+        free[np.concatenate([[o, o + 1] for o in offsets[:-1]])] = True
         cov = np.zeros((n_par, n_par))
         cov[np.ix_(free, free)] = _inverse((jac.T @ jac)[np.ix_(free, free)])
         errs = np.sqrt(np.clip(np.diag(cov), 0, None))
