@@ -636,7 +636,7 @@ def _at_limits(tr) -> np.ndarray:
     held = np.zeros(params.size, bool)
     for i, (name, value, lo, hi) in enumerate(zip(tr.getParamNames(), params, tr.getLowerBounds(),
                                                   tr.getUpperBounds())):
-        if name.startswith("pos."):
+        if name.split(".")[-2:-1] == ["pos"]:      # e.g. catalog.source0.pos.x
             continue
         tol = 1e-9 * max(1.0, abs(value))
         held[i] = (lo is not None and value <= lo + tol) or (hi is not None and value >= hi - tol)
