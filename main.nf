@@ -3,7 +3,8 @@
  * jointphot: joint prior-based photometry of a high-resolution (HST-like) and a low-resolution
  * (HSC-like) image, tile by tile.
  *
- *   plan (one task) -> cutout -> detect -> fit HR -> fit LR (one task per tile per step) -> merge -> qa (one task each)
+ *   plan (one task) -> cutout -> detect -> fit HR (one task per tile per step) -> fit LR (one task per tile
+ *   and LR band) -> merge -> qa (one task each)
  *
  * Every task runs one `jointphot <subcommand>` (see docs/design.md). Parameters are the keys of the
  * original tool's job file plus a few pipeline options; nextflow_schema.json documents and
@@ -81,19 +82,27 @@ workflow JOINTPHOT {
     def failTiles = Jointphot.parseTiles(P.fail_tiles) ?: []       // testing only
     FIT_HR(ch_fit_hr_in.map { id, files -> [id, files, failTiles.contains(id as int)] }, ch_plan, inputs)
 
-    ch_fit_lr_in = ch_fit_hr_in.join(FIT_HR.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    // one FIT_LR per (tile, LR band), each with the tile's HR products and the band's cutout
+    ch_bands = PLAN.out.plan.map { plan -> [Jointphot.bandNames(plan)] }
+    ch_tile_files = ch_fit_hr_in.join(FIT_HR.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    def failBands = (P.fail_bands ?: '').tokenize(',')                  // testing only: 'TILE:BAND'
+    ch_fit_lr_in = ch_tile_files.combine(ch_bands).flatMap { id, files, bands ->
+        bands.collect { band -> [id, band, files.findAll { Jointphot.fitLrInput(it.name, band) }, failBands.contains("${id}:${band}" as String)] }
+    }
     FIT_LR(ch_fit_lr_in, ch_plan, inputs)
 
     ch_versions = ch_versions.mix(CUTOUT.out.versions, DETECT.out.versions, FIT_HR.out.versions, FIT_LR.out.versions)
 
-    // merge waits for all tiles; the tiles that did not get through are passed as --missing-tiles
+    // merge waits for every band of every tile; the tiles of which no band got through are passed as
+    // --missing-tiles (a tile missing some bands is merged with those bands' columns NaN)
     ch_merge = ch_tile_ids.toList().map { [planned: it] }
         .combine(FIT_LR.out.tile.toList().map { [done: it] })
         .filter { planned, done -> done.done }      // nothing to merge when every tile failed
         .multiMap { planned, done ->
-            def doneIds = done.done.collect { it[0] as int }
+            def doneIds = done.done.collect { it[0] as int }.unique()
             Jointphot.mergedTiles.addAll(doneIds)
-            lr_fits: done.done.sort { it[0] as int }.collect { it[1] }.flatten().findAll { it.name.endsWith('_lr_fit.fits') }
+            lr_fits: done.done.sort { a, b -> (a[0] as int) <=> (b[0] as int) ?: a[1] <=> b[1] }.collect { it[2] }.flatten()
+                         .findAll { it.name ==~ /t\d{4}_[A-Za-z][A-Za-z0-9]*_fit\.fits/ }
             missing: (planned.planned.collect { it as int } - doneIds).sort().join(',')
         }
     MERGE(ch_merge.lr_fits, ch_plan, ch_merge.missing, inputs)
@@ -101,7 +110,7 @@ workflow JOINTPHOT {
 
     // QA pictures from the finished tiles and the merged catalogue
     if (params.qa) {
-        ch_qa_files = ch_fit_lr_in.join(FIT_LR.out.tile).map { id, a, b -> [a, b].flatten() }.collect()
+        ch_qa_files = ch_tile_files.map { id, files -> files }.mix(FIT_LR.out.tile.map { id, band, files -> files }).flatten().collect()
         QA(ch_qa_files, MERGE.out.catalog, ch_plan, inputs)
         ch_versions = ch_versions.mix(QA.out.versions)
     }

@@ -100,31 +100,60 @@ class Jointphot {
             errors << "Unknown parameter --${k}" + (near ? " (did you mean ${near.collect { '--' + it }.join(' or ')}?)" : '') +
                       ": it is not in nextflow_schema.json (see --help)"
         }
+        def several = params.lr_bands != null
+        def perBand = bandKeys(schema)
         props.each { String name, Map p ->
             def d = (Map) p.def
             def v = params.containsKey(name) ? params[name] : (params.containsKey(name.replace('_', '-')) ? params[name.replace('_', '-')] : null)
             if (v == null || (v instanceof String && v == '' && !p.required)) {
-                if (p.required) errors << "Missing required parameter --${name}: ${d.description}"
+                if (p.required && !(several && name in perBand)) errors << "Missing required parameter --${name}: ${d.description}"
                 return
             }
             def r = checkValue("--${name}", v, d, baseDir)
             errors.addAll(r.errors)
             out[name] = r.value
         }
+        // each band of --lr_bands: per-band keys only, each checked as its top-level key, the required ones present
+        if (several && out.lr_bands instanceof List) {
+            out.lr_bands = ((List) out.lr_bands).withIndex().collect { Object e, int i ->
+                if (!(e instanceof Map)) return e
+                def band = new LinkedHashMap((Map) e)
+                def label = "--lr_bands[${i}]"
+                (band.keySet() - perBand).each { errors << "${label}: '${it}' is not a per-band key (per-band keys: ${perBand.join(', ')})" }
+                (band.keySet().intersect(perBand)).each { String k ->
+                    def r = checkValue("${label}.${k}", band[k], (Map) props[k].def, baseDir)
+                    errors.addAll(r.errors)
+                    band[k] = r.value
+                }
+                perBand.findAll { props[it].required && band[it] == null && out[it] == null }
+                       .each { errors << "${label}: missing required key ${it}: ${props[it].def.description}" }
+                return band
+            }
+        }
         // PSF given as a file must exist (its type decides whether the value is a path or an FWHM)
-        ['hr', 'lr'].each { String b ->
-            def v = out["${b}_image_psf"]
-            def t = out["${b}_psf_type"]
+        def psfViews = [['--hr', out, 'hr']] + (several && out.lr_bands instanceof List
+            ? ((List) out.lr_bands).withIndex().findAll { it[0] instanceof Map }.collect { e, i -> ["--lr_bands[${i}].lr".toString(), out + (Map) e, 'lr'] }
+            : [['--lr', out, 'lr']])
+        psfViews.each { pv ->
+            def (String label, Map view, String b) = pv
+            def v = view["${b}_image_psf"]
+            def t = view["${b}_psf_type"]
             if (t == 'fwhm' && v instanceof String && !(v ==~ /[-+]?\d+(\.\d*)?([eE][-+]?\d+)?/))
-                errors << "--${b}_image_psf: with --${b}_psf_type fwhm it must be the FWHM in arcsec (a number), not '${v}'"
+                errors << "${label}_image_psf: with ${b}_psf_type fwhm it must be the FWHM in arcsec (a number), not '${v}'"
             if (t in ['fits', 'psfex'] && v instanceof Number)
-                errors << "--${b}_image_psf: with --${b}_psf_type ${t} it must be a file, not the number ${v}"
+                errors << "${label}_image_psf: with ${b}_psf_type ${t} it must be a file, not the number ${v}"
             if (v instanceof String && t != 'fwhm' && !(v ==~ /[-+]?\d+(\.\d*)?([eE][-+]?\d+)?/)) {
                 def f = resolve(v, baseDir)
-                if (!Files.isRegularFile(f)) errors << "--${b}_image_psf: file not found: ${v}" + (f.toString() != v ? " (resolved to ${f})" : '')
+                if (!Files.isRegularFile(f)) errors << "${label}_image_psf: file not found: ${v}" + (f.toString() != v ? " (resolved to ${f})" : '')
             }
         }
         return [params: out, errors: errors]
+    }
+
+    /** The per-band job keys: the properties of lr_bands' items in the schema (jobfile.BAND_KEYS). */
+    static List<String> bandKeys(Map schema) {
+        def d = (Map) properties(schema).lr_bands?.def
+        return d ? (((Map) ((Map) d.items).properties).keySet() as List<String>) : []
     }
 
     private static Map checkValue(String label, Object v, Map d, List<Path> baseDir) {
@@ -231,10 +260,23 @@ class Jointphot {
             if (!(p.group in JOB_GROUPS) || name in NOT_PASSED) return
             def v = params[name]
             if (v == null) return
-            if (isPathKey(name, (Map) p.def, params) && v instanceof String) v = realPath(resolve((String) v, baseDir)).toString()
+            if (name == 'lr_bands' && v instanceof List) {
+                v = ((List) v).collect { Object e -> e instanceof Map ? absoluteBand((Map) e, params, props, baseDir) : e }
+            } else if (isPathKey(name, (Map) p.def, params) && v instanceof String) {
+                v = realPath(resolve((String) v, baseDir)).toString()
+            }
             job[name] = v
         }
         return job
+    }
+
+    /** One object of lr_bands with its file paths made absolute (its keys over the top-level ones decide what is a path). */
+    private static Map absoluteBand(Map band, Map params, Map props, List<Path> baseDir) {
+        def view = params + band
+        return band.collectEntries { k, v ->
+            def p = props[k]
+            [k, p && v instanceof String && isPathKey((String) k, (Map) p.def, view) ? realPath(resolve((String) v, baseDir)).toString() : v]
+        }
     }
 
     /** Params with GString values (e.g. "${projectDir}/x" in a config) turned into Strings, lists too. */
@@ -260,10 +302,23 @@ class Jointphot {
     /** The existing input files and directories named by the job (staged into tasks so container engines mount them). */
     static List<Path> inputFiles(Map job, Map schema) {
         def props = properties(schema)
-        return job.findAll { k, v -> props[k] && isPathKey((String) k, (Map) props[k].def, job) && v instanceof String }
-                  .collect { k, v -> Paths.get((String) v) }
-                  .findAll { Files.exists(it) }
-                  .unique()
+        def views = [job] + ((job.lr_bands instanceof List) ? ((List) job.lr_bands).findAll { it instanceof Map }.collect { job + (Map) it } : [])
+        return views.collectMany { Map view ->
+            view.findAll { k, v -> props[k] && k != 'lr_bands' && isPathKey((String) k, (Map) props[k].def, view) && v instanceof String }
+                .collect { k, v -> Paths.get((String) v) }
+        }.findAll { Files.exists(it) }.unique()
+    }
+
+    /** The LR band names of a plan.json, in job order. */
+    static List<String> bandNames(Path plan) {
+        def p = (Map) new JsonSlurper().parse(plan.toFile())
+        def listed = ((Map) p.job)?.lr_bands
+        return listed instanceof List ? ((List) listed).collect { ((Map) it).lr_band as String } : ((Map) p.bands).keySet() as List<String>
+    }
+
+    /** Whether a tile file is an input of FIT_LR for `band`: the HR products and the band's cutout. */
+    static boolean fitLrInput(String name, String band) {
+        return name ==~ /t\d{4}_hr_.*/ || name ==~ /t\d{4}_${java.util.regex.Pattern.quote(band)}_cutout\.fits/
     }
 
     static String jobJson(Map job) {
@@ -314,7 +369,7 @@ class Jointphot {
      * errorStrategy of the per-tile steps: retry a transient failure up to maxRetries times, then
      * (or at once for any other failure) record the tile and the reason and let the other tiles go on.
      */
-    static String tileErrorStrategy(task, int maxRetries, Object tileId) {
+    static String tileErrorStrategy(task, int maxRetries, Object tileId, String band = null) {
         def status = task.exitStatus as Integer
         if (status in TRANSIENT_EXIT_STATUS && (task.attempt as int) <= maxRetries) return 'retry'
         def step = task.process.toString().tokenize(':')[-1]
@@ -323,7 +378,7 @@ class Jointphot {
         else if (status == Integer.MAX_VALUE) reason = 'the task was killed or lost by the executor (no exit status)'
         else reason = lastError(task.workDir as Path) ?: "exit status ${status}, no message on stderr"
         if (status in TRANSIENT_EXIT_STATUS) reason = "${reason} [exit ${status}: killed/out of memory/time limit, after ${task.attempt} attempts]"
-        failures << [tile: tileId as int, step: step, exit: status, attempt: task.attempt, reason: reason, workDir: task.workDir?.toString()]
+        failures << [tile: tileId as int, band: band, step: step, exit: status, attempt: task.attempt, reason: reason, workDir: task.workDir?.toString()]
         return 'ignore'
     }
 
@@ -341,18 +396,30 @@ class Jointphot {
         return (plannedTiles - mergedTiles).toList().sort()
     }
 
-    /** The end-of-run report of failed tiles ('' when none failed), also written as TSV to pipeline_info. */
+    /**
+     * The end-of-run report of failed tiles and (tile, band)s ('' when none failed), also written as TSV to
+     * pipeline_info.  A tile whose HR steps failed is missing from the catalogue; a tile of which only some
+     * bands' FIT_LR failed is in it, with those bands' columns NaN (flag LR_OFF_IMAGE, named in its header).
+     */
     static String failureReport(boolean mergeRan) {
         def missing = mergeRan ? missingTiles() : (plannedTiles.toList() - mergedTiles.toList()).sort()
-        def failed = failures.collect { it }.sort { a, b -> a.tile <=> b.tile }
+        def failed = failures.collect { it }.sort { a, b -> a.tile <=> b.tile ?: (a.band ?: '') <=> (b.band ?: '') }
         if (!failed && !missing) return ''
         def sb = new StringBuilder()
-        def ids = (failed.collect { it.tile } + missing).unique().sort()
-        sb << "jointphot: ${ids.size()} of ${plannedTiles.size() ?: '?'} tile(s) failed: ${ids.join(', ')}. "
-        sb << (mergeRan ? "They are missing from the merged catalogue (its header lists them).\n"
-                        : "No merged catalogue was written.\n")
+        def ids = (failed.findAll { !it.band || it.tile in missing }.collect { it.tile } + missing).unique().sort()
+        if (ids) {
+            sb << "jointphot: ${ids.size()} of ${plannedTiles.size() ?: '?'} tile(s) failed: ${ids.join(', ')}. "
+            sb << (mergeRan ? "They are missing from the merged catalogue (its header lists them).\n"
+                            : "No merged catalogue was written.\n")
+        }
+        def bandOnly = failed.findAll { it.band && !(it.tile in missing) }
+        if (bandOnly) {
+            sb << "jointphot: ${bandOnly.size()} (tile, band) fit(s) failed: ${bandOnly.collect { "tile ${it.tile} band ${it.band}" }.join(', ')}. "
+            sb << (mergeRan ? "Those bands' columns of those tiles are NaN in the merged catalogue (flag LR_OFF_IMAGE; its header names them).\n"
+                            : "No merged catalogue was written.\n")
+        }
         failed.each { f ->
-            sb << "  tile ${f.tile}: ${f.step} failed (exit ${f.exit}): ${f.reason}\n"
+            sb << "  tile ${f.tile}${f.band ? ' band ' + f.band : ''}: ${f.step} failed (exit ${f.exit}): ${f.reason}\n"
             sb << "          log: ${f.workDir}/.command.err\n"
         }
         (missing - failed.collect { it.tile }).each { sb << "  tile ${it}: missing (no error recorded)\n" }
@@ -360,9 +427,9 @@ class Jointphot {
     }
 
     static String failureTsv() {
-        def sb = new StringBuilder("tile_id\tstep\texit_status\tattempts\treason\twork_dir\n")
+        def sb = new StringBuilder("tile_id\tband\tstep\texit_status\tattempts\treason\twork_dir\n")
         failures.collect { it }.sort { it.tile }.each { f ->
-            sb << "${f.tile}\t${f.step}\t${f.exit}\t${f.attempt}\t${f.reason.toString().replace('\t', ' ')}\t${f.workDir}\n"
+            sb << "${f.tile}\t${f.band ?: ''}\t${f.step}\t${f.exit}\t${f.attempt}\t${f.reason.toString().replace('\t', ' ')}\t${f.workDir}\n"
         }
         return sb.toString()
     }

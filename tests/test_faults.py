@@ -81,10 +81,10 @@ def wait_for_first_tile(proc, d, timeout=120):
 
 
 def finished_tiles(d):
-    """Tiles whose last step (fit-lr) finished: its tNNNN_lr_fit.fits and .done marker exist."""
-    done = glob.glob(os.path.join(d, "work", "tiles", "*", ".t*_fit-lr.done"))
+    """Tiles whose last step (fit-lr of the one band, lr) finished: its tNNNN_lr_fit.fits and .done marker exist."""
+    done = glob.glob(os.path.join(d, "work", "tiles", "*", ".t*_fit-lr.lr.done"))
     return sorted(int(os.path.basename(p)[2:6]) for p in done
-                  if os.path.exists(p.replace(".done", "").replace("/.t", "/t").replace("_fit-lr", "_lr_fit.fits")))
+                  if os.path.exists(p.replace(".lr.done", "").replace("/.t", "/t").replace("_fit-lr", "_lr_fit.fits")))
 
 
 def check_like_reference(d, reference, rerun):
@@ -151,7 +151,7 @@ def test_rerunning_a_step_overwrites_cleanly(four):
     left = files_under(tile)
     for product in ("hr_detections", "hr_fit", "hr_images", "lr_fit", "lr_images"):
         assert f"t0002_{product}.fits" not in left, left
-    for step in ("detect", "fit-hr", "fit-lr"):
+    for step in ("detect", "fit-hr", "fit-lr.lr"):
         assert f".t0002_{step}.done" not in left
     assert ".t0002_cutout.done" in left
     merged = jp("merge", "job.json", cwd=d)                    # tile 2 is now missing, not stale

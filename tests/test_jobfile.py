@@ -42,12 +42,22 @@ def test_pre_2020_job_without_late_keys_infers_psf_types(field_copy):
     ({"cutoutsize_arcsec": [30]}, "key 'cutoutsize_arcsec' must be two numbers"),
     ({"hr_large_image_name": "missing.fits"}, "'hr_large_image_name': file 'missing.fits' not found"),
     ({"lr_zp": None}, "required key 'lr_zp' is missing"),
+    ({"lr_bands": {"lr_band": "g"}}, "key 'lr_bands' must be a non-empty list of objects"),
+    ({"lr_bands": [{"lr_band": "g"}, {"lr_band": "g"}]}, "lr_bands[1]: band name (lr_band) 'g' is used twice"),
+    ({"lr_bands": [{"lr_band": "hr"}]}, "lr_bands[0]: band name (lr_band) 'hr' must be a letter followed"),
+    ({"lr_bands": [{"lr_band": "g_1"}]}, "lr_bands[0]: band name (lr_band) 'g_1' must be a letter followed"),
+    ({"lr_bands": [{"lr_band": "g", "hr_zp": 25}]}, "lr_bands[0]: 'hr_zp' is not a per-band key"),
+    ({"lr_bands": [{"lr_band": "g", "lr_zp": "27"}]}, "lr_bands[0]: key 'lr_zp' must be a number"),
+    ({"lr_bands": [{"lr_band": "g", "lr_large_image_name": "nope.fits"}]},
+     "lr_bands[0]: 'lr_large_image_name': file 'nope.fits' not found"),
+    ({"lr_zp": None, "lr_bands": [{"lr_band": "g", "lr_zp": 27}, {"lr_band": "r"}]},
+     "lr_bands[1]: required key 'lr_zp' is missing"),
 ])
 def test_bad_job_files_give_one_clear_line(field_copy, change, message, tmp_path):
     job = json.load(open(os.path.join(field_copy, "job.json")))
     job.update(change)
-    if change.get("lr_zp", 0) is None:
-        del job["lr_zp"]
+    for key in [k for k, v in change.items() if v is None]:
+        del job[key]
     path = tmp_path / "bad.json"
     json.dump(job, open(path, "w"))
     proc = jp("plan", str(path), "-o", str(tmp_path / "plan.json"), cwd=field_copy)
@@ -69,7 +79,32 @@ def test_seed_format_job_runs_unchanged(field_copy, tmp_path):
 #: JSON-schema type of each jobfile.KEYS kind ('any' keys: any type).
 SCHEMA_TYPE = {"int": "integer", "float": "number", "str": "string", "bool": "boolean", "path": "string",
                "outdir": "string", "dir": "string", "path_or_none": "string", "pair": "array",
-               "psf": ["string", "number"], "list": "array", "dict": "object", "choice": "string"}
+               "psf": ["string", "number"], "list": "array", "dict": "object", "choice": "string", "bands": "array"}
+
+
+def test_band_keys_are_the_schemas_lr_bands_items():
+    """jobfile.BAND_KEYS (the per-band keys) are the properties of lr_bands' items in nextflow_schema.json,
+    each a reference to the top-level key's definition (lib/Jointphot.groovy bandKeys reads them there)."""
+    from jointphot.jobfile import BAND_KEYS
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    defs = json.load(open(os.path.join(repo, "nextflow_schema.json")))["$defs"]
+    items = defs["jointphot_job_keys"]["properties"]["lr_bands"]["items"]["properties"]
+    assert tuple(items) == BAND_KEYS
+    for key, ref in items.items():
+        group = ref["$ref"].split("/")[2]
+        assert ref["$ref"] == f"#/$defs/{group}/properties/{key}" and key in defs[group]["properties"], key
+
+
+def test_lr_bands_take_missing_keys_from_the_top_level(field_copy):
+    from jointphot.jobfile import band_job, band_names, validate_job
+    job = json.load(open(os.path.join(field_copy, "job.json")))
+    job["lr_bands"] = [{"lr_band": "i"}, {"lr_band": "z", "lr_zp": 26.5, "lr_image_psf": 0.7}]
+    loaded = validate_job(job, field_copy)
+    assert band_names(loaded) == ["i", "z"]
+    i, z = band_job(loaded, "i"), band_job(loaded, "z")
+    assert i["lr_zp"] == job["lr_zp"] and i["lr_psf_type"] == "psfex" and i["lr_image_psf"].endswith(job["lr_image_psf"])
+    assert z["lr_zp"] == 26.5 and z["lr_psf_type"] == "fwhm" and z["lr_image_psf"] == 0.7
+    assert z["lr_large_image_name"] == i["lr_large_image_name"] and z["hr_zp"] == job["hr_zp"]
 
 
 def test_job_keys_schema_and_config_agree_key_by_key():

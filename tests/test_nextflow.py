@@ -233,7 +233,7 @@ def test_broken_tile(nextflow, test_run, launch):
 
     rows = read_trace(sorted(traces(broken_out))[-1])
     fit_lr_tiles = sorted(r["tag"] for r in rows if r["process"].endswith("FIT_LR"))
-    assert fit_lr_tiles == [f"tile {t}" for t in range(N_TEST_TILES) if t != BROKEN_TILE]
+    assert fit_lr_tiles == [f"tile {t} lr" for t in range(N_TEST_TILES) if t != BROKEN_TILE]
     failed = [r for r in rows if r["status"] == "FAILED"]
     assert [(r["process"].split(":")[-1], r["tag"]) for r in failed] == [("FIT_HR", f"tile {BROKEN_TILE}")]
 

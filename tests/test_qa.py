@@ -55,7 +55,8 @@ def test_residual_statistics_of_known_noise():
 
 def test_tile_statuses_from_the_tile_directories(tmp_path):
     """ok: catalogue of this job; failed: last run failed; missing: never run, or made for another job."""
-    plan = {"job": {"workdir": str(tmp_path)}, "job_hash": "abc", "tiles": [{"tile_id": t} for t in range(5)]}
+    plan = {"job": {"workdir": str(tmp_path)}, "job_hash": "abc", "tiles": [{"tile_id": t} for t in range(5)],
+            "bands": {"lr": {}}}
 
     def tile(t, status=None, catalogue=False, marker_hash=None):
         d = tmp_path / "tiles" / f"{t:04d}"
@@ -65,7 +66,7 @@ def test_tile_statuses_from_the_tile_directories(tmp_path):
         if catalogue:
             (d / f"t{t:04d}_lr_fit.fits").write_bytes(b"")
         if marker_hash:
-            (d / f".t{t:04d}_fit-lr.done").write_text(json.dumps({"job_hash": marker_hash, "engine": "native"}))
+            (d / f".t{t:04d}_fit-lr.lr.done").write_text(json.dumps({"job_hash": marker_hash, "engine": "native"}))
 
     tile(0, {"ok": True, "job_hash": "abc"}, catalogue=True, marker_hash="abc")
     tile(1, {"ok": False, "job_hash": "abc", "error": "boom"})

@@ -62,8 +62,15 @@ def robust_stats(chi):
     return med, float(1.4826 * np.median(np.abs(chi - med))), chi.size
 
 
+def covered(truth, band):
+    """Truth rows inside the image of LR band `band` (the main band 'lr' covers the whole field)."""
+    name = f"{band}_covered"
+    return np.asarray(truth[name], bool) if name in truth.colnames else np.ones(len(truth), bool)
+
+
 def catalog_figures(catalog_path, truth_path, band="lr"):
-    """Dict of the figures the thresholds are about."""
+    """Dict of the figures the thresholds are about (LR: band `band`, truth column <band>_flux, the sources
+    its image covers)."""
     cat, _ = load(catalog_path)
     truth, _ = load(truth_path)
     idx, dist = match(cat, truth)
@@ -72,9 +79,9 @@ def catalog_figures(catalog_path, truth_path, band="lr"):
     m = idx[sel]
     t = truth[sel]
     chi_hr = (np.asarray(cat["hr_flux"])[m] - np.asarray(t["hr_flux"])) / np.asarray(cat["hr_flux_err"])[m]
-    chi_lr = (np.asarray(cat[f"{band}_flux"])[m] - np.asarray(t["lr_flux"])) / np.asarray(cat[f"{band}_flux_err"])[m]
+    chi_lr = (np.asarray(cat[f"{band}_flux"])[m] - np.asarray(t[f"{band}_flux"])) / np.asarray(cat[f"{band}_flux_err"])[m]
     # the LR test excludes sources whose LR model is partly on masked pixels (they are flagged)
-    lr_ok = np.asarray(cat[f"{band}_masked_frac"])[m] < LR_MASKED_MAX
+    lr_ok = (np.asarray(cat[f"{band}_masked_frac"])[m] < LR_MASKED_MAX) & covered(t, band)
     snr10 = np.asarray(truth["hr_snr"]) > 10
     ids = np.asarray(cat["id"])
     pair_d = cKDTree(np.column_stack([cat["x_large"], cat["y_large"]])).query_pairs(0.1 / 0.03) if len(cat) else set()
@@ -109,8 +116,8 @@ def check_catalog_against_truth(catalog_path, truth_path, band="lr", keys=("hr_c
 
 def flux_rows(cat, truth, band="lr"):
     """One row per isolated truth source matched within MATCH_RADIUS_ARCSEC: type ('star' for kind point,
-    else 'galaxy'), true HR S/N, true and measured HR/LR fluxes and errors (counts), lr_ok (LR model
-    less than LR_MASKED_MAX on ignored pixels).  Tables of several fields stack with astropy's vstack."""
+    else 'galaxy'), true HR S/N, true and measured HR/LR fluxes and errors (counts; LR: band `band`), lr_ok
+    (inside the band's image, LR model less than LR_MASKED_MAX on ignored pixels).  Tables of several fields stack with astropy's vstack."""
     idx, _ = match(cat, truth)
     sel = (idx >= 0) & np.asarray(truth["isolated"], bool)
     m, t = idx[sel], truth[sel]
@@ -120,11 +127,11 @@ def flux_rows(cat, truth, band="lr"):
         "hr_true": np.asarray(t["hr_flux"], float),
         "hr_flux": np.asarray(cat["hr_flux"], float)[m],
         "hr_err": np.asarray(cat["hr_flux_err"], float)[m],
-        "lr_true": np.asarray(t["lr_flux"], float),
+        "lr_true": np.asarray(t[f"{band}_flux"], float),
         "lr_flux": np.asarray(cat[f"{band}_flux"], float)[m],
         "lr_err": np.asarray(cat[f"{band}_flux_err"], float)[m],
         "lr_hr_cov": np.asarray(cat[f"{band}_hr_flux_cov"], float)[m],
-        "lr_ok": np.asarray(cat[f"{band}_masked_frac"], float)[m] < LR_MASKED_MAX,
+        "lr_ok": (np.asarray(cat[f"{band}_masked_frac"], float)[m] < LR_MASKED_MAX) & covered(t, band),
     })
 
 

@@ -1,4 +1,4 @@
-// Cutout: HR and LR cutouts of one tile (padded region) from the large images.
+// Cutout: the HR cutout and one cutout per LR band of one tile (padded region) from the large images.
 process CUTOUT {
     tag "tile ${tile_id}"
     label 'process_low'
@@ -10,7 +10,7 @@ process CUTOUT {
     path inputs, stageAs: 'inputs/in*/*'            // the large images are read here (absolute paths in plan.json)
 
     output:
-    tuple val(tile_id), path("t${Jointphot.nnnn(tile_id)}_*"), emit: tile   // tNNNN_hr_cutout.fits, tNNNN_lr_cutout.fits
+    tuple val(tile_id), path("t${Jointphot.nnnn(tile_id)}_*"), emit: tile   // tNNNN_hr_cutout.fits, tNNNN_<band>_cutout.fits
     path 'versions.yml'                                      , emit: versions
 
     script:
@@ -29,7 +29,7 @@ process CUTOUT {
     stub:
     def n = Jointphot.nnnn(tile_id)
     """
-    touch t${n}_hr_cutout.fits t${n}_lr_cutout.fits
+    touch t${n}_hr_cutout.fits
     printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
     """
 }

@@ -1,22 +1,26 @@
-// Fit LR: forced photometry of one tile on the LR image with the HR models as priors.
+// Fit LR: forced photometry of one tile in one LR band with the HR models as priors.
 process FIT_LR {
-    tag "tile ${tile_id}"
+    tag "tile ${tile_id} ${band}"
     label 'process_medium'
-    errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, tile_id) }
+    errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, tile_id, band) }
 
     input:
-    tuple val(tile_id), path(tile_files)            // cutouts + detections + HR fit
+    tuple val(tile_id), val(band), path(tile_files), val(broken)  // HR cutout, detections and fit + the band's cutout; broken: --fail_bands (testing only)
     path plan
     path inputs, stageAs: 'inputs/in*/*'            // PSF and astrometry files are read here
 
     output:
-    tuple val(tile_id), path("t${Jointphot.nnnn(tile_id)}_*"), emit: tile   // tNNNN_lr_fit.fits (the tile's catalogue), tNNNN_lr_images.fits
-    path 'versions.yml'                                      , emit: versions
+    tuple val(tile_id), val(band), path("t${Jointphot.nnnn(tile_id)}_${band}_*"), emit: tile   // tNNNN_<band>_fit.fits (the tile's catalogue with the band's columns), tNNNN_<band>_images.fits
+    path 'versions.yml'                                                         , emit: versions
 
     script:
+    def n = Jointphot.nnnn(tile_id)
+    // broken (--fail_bands, testing only): a corrupt cutout of this band, so the real `jointphot fit-lr` fails
+    def breakIt = broken ? "rm -f t${n}_${band}_cutout.fits && echo 'corrupted on purpose by --fail_bands (testing only)' > t${n}_${band}_cutout.fits" : ''
     """
     export OMP_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus}
-    jointphot fit-lr ${plan} --tile ${tile_id} --dir . --engine ${params.engine}
+    ${breakIt}
+    jointphot fit-lr ${plan} --tile ${tile_id} --band ${band} --dir . --engine ${params.engine}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
@@ -29,7 +33,8 @@ process FIT_LR {
     stub:
     def n = Jointphot.nnnn(tile_id)
     """
-    touch t${n}_lr_fit.fits t${n}_lr_images.fits
+    ${broken ? "echo 'jointphot: error: tile ${tile_id} band ${band} broken on purpose by --fail_bands (stub)' >&2; exit 1" : ''}
+    touch t${n}_${band}_fit.fits t${n}_${band}_images.fits
     printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
     """
 }

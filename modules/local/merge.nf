@@ -5,7 +5,7 @@ process MERGE {
     label 'process_single'
 
     input:
-    path lr_fits, stageAs: 'tiles/*'                // the tiles' tNNNN_lr_fit.fits
+    path lr_fits, stageAs: 'tiles/*'                // the tiles' tNNNN_<band>_fit.fits
     path plan
     val missing_tiles                               // '' or '3,5'
     path inputs, stageAs: 'inputs/in*/*'

@@ -31,9 +31,11 @@ process PLAN {
     def quoted = job_json.replace("'", "'\\''")
     def n = (params.stub_tiles ?: 4) as int
     def tiles = (0..<n).collect { "{\"tile_id\": ${it}}" }.join(', ')
+    def job = new groovy.json.JsonSlurper().parseText(job_json)
+    def bands = (job.lr_bands ?: [[lr_band: job.lr_band ?: 'lr']]).collect { "\"${it.lr_band}\": {}" }.join(', ')
     """
     printf '%s\\n' '${quoted}' > job.json
-    printf '{"job": %s, "tiles": [%s]}\\n' "\$(cat job.json)" '${tiles}' > plan.json
+    printf '{"job": %s, "bands": {%s}, "tiles": [%s]}\\n' "\$(cat job.json)" '${bands}' '${tiles}' > plan.json
     printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
     """
 }

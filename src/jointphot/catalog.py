@@ -1,11 +1,11 @@
 """Catalogue columns: units and descriptions (FITS TUNITn/TCOMMn and the README of columns).
 
-Columns named <band>_... exist once per LR band (the band name is the job key lr_band,
-default 'lr'); they are described here with the placeholder '{band}'.
+Columns named <band>_... exist once per LR band (the band name is the job key lr_band, default
+'lr', or that of each object of lr_bands); they are described here with the placeholder '{band}'.
 """
 from __future__ import annotations
 
-import re
+from typing import List
 
 from astropy.table import Table
 
@@ -76,6 +76,7 @@ COLUMNS = {
     "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order)"),
     "{band}_hr_flux_cov": ("count2", "covariance of {band}_flux with hr_flux through the HR shape (first order; LR x HR "
                                      "counts): var(lr/hr) = (err_lr^2 - 2 (lr/hr) cov + (lr/hr)^2 err_hr^2) / hr^2"),
+    "{band}_flags": ("", "the band's own flags (LR_MASKED, LR_OFF_IMAGE, LR_BLENDED; also in flags)"),
     "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
     "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
     "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),
@@ -84,29 +85,45 @@ COLUMNS = {
     "{band}_flux_ujy_err": ("uJy", "1-sigma error of the LR flux in microjansky"),
 }
 
-def describe(name: str, band: str):
-    """(unit, description) of a column, or ('', '') when unknown."""
+#: Columns of the BANDS extension: name -> (unit, description).
+BANDS_COLUMNS = {
+    "band": ("", "LR band name (prefix of its catalogue columns)"),
+    "zeropoint": ("mag", "AB zeropoint of the band's image counts"),
+    "pixel_scale": ("arcsec", "pixel scale of the band's image"),
+    "apcor": ("", "aperture correction (total / fitted flux) measured on bright isolated stars"),
+    "apcor_err": ("", "1-sigma error of apcor (-1: not measured)"),
+    "apcor_nstars": ("", "stars that measured apcor"),
+    "apcor_radius": ("arcsec", "aperture radius of apcor"),
+    "apcor_applied": ("", "the band's fluxes were multiplied by apcor (job key lr_aperture_correction)"),
+    "missing_tiles": ("", "tiles whose catalogue of this band is missing (its columns NaN, flag LR_OFF_IMAGE)"),
+}
+
+
+def describe(name: str, bands: List[str]):
+    """(unit, description) of a column (LR band names `bands`), or ('', '') when unknown."""
     if name in COLUMNS:
         return COLUMNS[name]
-    generic = re.sub(rf"^{re.escape(band)}_", "{band}_", name)
-    unit, desc = COLUMNS.get(generic, ("", ""))
-    return unit, desc.replace("{band}", band)
+    for band in bands:
+        if name.startswith(f"{band}_"):
+            unit, desc = COLUMNS.get("{band}_" + name[len(band) + 1:], ("", ""))
+            return unit, desc.replace("{band}", band)
+    return "", ""
 
 
-def set_units(table: Table, band: str) -> Table:
+def set_units(table: Table, bands: List[str]) -> Table:
     """Set each column's unit and description (written as TUNITn / TCOMMn by astropy)."""
     for name in table.colnames:
-        unit, desc = describe(name, band)
+        unit, desc = describe(name, bands)
         table[name].unit = unit or None
         table[name].description = desc
     return table
 
 
-def readme_text(table: Table, band: str) -> str:
-    """Plain-text README of a catalogue's columns and flags."""
+def readme_text(table: Table, bands: List[str]) -> str:
+    """Plain-text README of a catalogue's columns and flags (LR band names `bands`)."""
     lines = ["jointphot catalogue: columns", ""]
     for name in table.colnames:
-        unit, desc = describe(name, band)
+        unit, desc = describe(name, bands)
         lines.append(f"{name:24s} [{unit or '-':6s}] {desc}")
     lines += ["", "flags (bit value: name: meaning)"]
     for name, bit in FLAGS.items():
@@ -122,10 +139,11 @@ def readme_text(table: Table, band: str) -> str:
               "  The chosen model is the simplest one that the fit's chi^2 gains justify: %s." % SELECTION_SUMMARY,
               "", "Fluxes: counts at the image zeropoint; uJy = counts * 10**(-0.4 (zp - 23.9)).",
               "Positions ra/dec are in the reference frame of the astrometric offset files (image - reference)."]
-    lines += ["", "Header: aperture correction (the light the PSF stamp misses, from bright isolated stars; job keys",
-              "hr_/lr_aperture_correction: 'apply' multiplies the fluxes and their errors by it, magnitudes follow)"]
-    for band, cards in CARDS.items():
-        lines += [f"{card:8s} {CARD_COMMENTS[what].format(band=band.upper())}" for what, card in cards.items()]
+    lines += ["", "Header: HR aperture correction (the light the PSF stamp misses, from bright isolated stars; job key",
+              "hr_aperture_correction: 'apply' multiplies the fluxes and their errors by it, magnitudes follow)"]
+    lines += [f"{card:8s} {CARD_COMMENTS[what].format(band='HR')}" for what, card in CARDS["hr"].items()]
+    lines += ["", "Extension BANDS: one row per LR band (job key lr_aperture_correction of each band as above)"]
+    lines += [f"{name:14s} [{unit or '-':6s}] {desc}" for name, (unit, desc) in BANDS_COLUMNS.items()]
     lines += ["", "Extension JOB: columns job (the whole job as JSON: every key, defaults filled, inputs by absolute",
               "path) and versions (JSON: jointphot, engine, sextractor, python, numpy, scipy, astropy).",
               "`jointphot rerun CATALOGUE --dir DIR` runs that job again with the same engine."]

@@ -94,13 +94,13 @@ def _engine(plan, engine):
 
 
 def _tile_step(step):
-    """A click command running `step` for one tile."""
-    def command(job, tile, directory, engine=None):
+    """A click command running `step` for one tile (fit-lr: for one band or all)."""
+    def command(job, tile, directory, engine=None, band=None):
         from . import plan as plan_mod
         from .pipeline import run_step
         plan = _load(job)
         plan_mod.get_tile(plan, tile)
-        run_step(step, plan, tile, directory or plan_mod.tile_dir(plan, tile), _engine(plan, engine))
+        run_step(step, plan, tile, directory or plan_mod.tile_dir(plan, tile), _engine(plan, engine), band)
     return command
 
 
@@ -139,16 +139,18 @@ def plan_command(job, output):
 
 main.command("cutout")(_with_tile_args(_tile_step("cutout")))
 main.commands["cutout"].help = ("Cut one tile out of the large images: tNNNN_hr_cutout.fits (SCI, WHT = inverse "
-                                "variance [count^-2]) and tNNNN_lr_cutout.fits (IMAGE, MASK, VARIANCE).")
+                                "variance [count^-2]) and per LR band tNNNN_<band>_cutout.fits (IMAGE, MASK, VARIANCE).")
 main.command("detect")(_with_tile_args(_tile_step("detect")))
 main.commands["detect"].help = ("Run SExtractor on the tile's HR cutout: tNNNN_hr_detections.fits "
                                 "(CATALOG table, SEGMAP image).")
 main.command("fit-hr")(_with_tile_args(_tile_step("fit-hr"), engine=True))
 main.commands["fit-hr"].help = ("Fit point-source / Sersic models to the HR cutout: tNNNN_hr_fit.fits (fluxes in HR "
                                 "counts, sizes in pixels and arcsec) and tNNNN_hr_images.fits (IMAGE, MODEL, RESIDUAL).")
-main.command("fit-lr")(_with_tile_args(_tile_step("fit-lr"), engine=True))
-main.commands["fit-lr"].help = ("Forced LR photometry with the HR models: tNNNN_lr_fit.fits (the tile's catalogue, "
-                                "fluxes in counts and uJy) and tNNNN_lr_images.fits.")
+main.command("fit-lr")(click.option("--band", default=None, help="LR band to fit (default: every band of the job).")(
+    _with_tile_args(_tile_step("fit-lr"), engine=True)))
+main.commands["fit-lr"].help = ("Forced photometry of each LR band with the HR models: tNNNN_<band>_fit.fits (the "
+                                "tile's catalogue with the band's columns, fluxes in counts and uJy) and "
+                                "tNNNN_<band>_images.fits.")
 
 
 @main.command("merge")
@@ -159,12 +161,12 @@ main.commands["fit-lr"].help = ("Forced LR photometry with the HR models: tNNNN_
 @click.option("--missing-tiles", default="", help="Comma list of tiles known to have failed (recorded in the header).")
 @_verbosity_options
 def merge_command(job, tile_files, output, missing_tiles):
-    """Merge per-tile catalogues (tNNNN_lr_fit.fits) into one catalogue; overlaps kept once."""
+    """Merge per-tile band catalogues (tNNNN_<band>_fit.fits) into one catalogue; overlaps kept once."""
     from .merge import default_tile_files, merge_tables, read_tile_catalogues, write_catalogue
     plan = _load(job)
     files = list(tile_files) or default_tile_files(plan)
     if not files:
-        raise JointphotError(f"merge: no tile catalogues (tNNNN_lr_fit.fits) of this job under "
+        raise JointphotError(f"merge: no tile catalogues (tNNNN_<band>_fit.fits) of this job under "
                              f"{os.path.join(plan['job']['workdir'], 'tiles')!r}: run the tiles first")
     tables = read_tile_catalogues(plan, files)
     try:
@@ -222,7 +224,8 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
     from . import plan as plan_mod
     from .detect import find_sextractor
     from .merge import merge_tables, read_tile_catalogues, write_catalogue
-    from .pipeline import clean_stale_files, interruptible, progress_log, run_tiles, workdir_lock
+    from .pipeline import (STEPS, clean_stale_files, interruptible, progress_log, run_tiles, step_bands, tile_is_done,
+                           workdir_lock)
     start = time.time()
     plan = _load(job)
     ids = _tile_ids(plan, tiles)
@@ -241,10 +244,12 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
         progress_log.info("jointphot %s: %d tile%s of %s, %d at a time, engine %s, work dir %s", __version__, len(ids),
                           "s" if len(ids) != 1 else "", job, min(n_jobs, len(ids)), engine_name, workdir)
 
+        n_units = sum(len(step_bands(plan, step)) for step in STEPS)
+
         def report(status, done, total):
             if status["ok"]:
                 what = f"ok, {status['n_sources']} sources"
-                if status["reused"] and len(status["reused"]) == 4:
+                if status["reused"] and len(status["reused"]) == n_units:
                     what += ", re-used"
                 elif status["reused"]:
                     what += f", re-used {'+'.join(status['reused'])}"
@@ -258,8 +263,7 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
             with interruptible():
                 results = run_tiles(plan, ids, engine_name, n_jobs, force, report)
         except Interrupted as exc:
-            finished = [t for t in ids if os.path.exists(os.path.join(plan_mod.tile_dir(plan, t),
-                                                                       f".t{t:04d}_fit-lr.done"))]
+            finished = [t for t in ids if tile_is_done(plan, t)]
             message = (f"{exc} after {time.time() - start:.1f} s: {len(finished)} of {len(ids)} tiles are finished "
                        f"and kept; run the same command again to continue")
             progress_log.error("%s", message, extra={"console": False})
@@ -269,7 +273,8 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
         ok = [s for s in results if s["ok"]]
         n_sources = 0
         if ok:
-            files = [plan_mod.tile_path(plan_mod.tile_dir(plan, s["tile_id"]), s["tile_id"], "lr_fit") for s in ok]
+            files = [plan_mod.tile_path(plan_mod.tile_dir(plan, s["tile_id"]), s["tile_id"], plan_mod.band_product(b, "fit"))
+                     for s in ok for b in plan["bands"]]
             tables = read_tile_catalogues(plan, files)
             merged = merge_tables(plan, tables)
             n_sources = len(merged)
@@ -278,7 +283,7 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
                             failed)
         if not no_qa:
             _run_qa(plan, progress_log, output if ok else None, n_jobs)
-        reused = sum(1 for s in ok if len(s["reused"]) == len(STEPS))
+        reused = sum(1 for s in ok if len(s["reused"]) == n_units)
         summary = (f"{len(ok)}/{len(ids)} tiles done ({reused} re-used), {len(failed)} failed, {n_sources} sources, "
                    f"{time.time() - start:.1f} s")
         if not ok:
@@ -296,9 +301,6 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
             click.echo(f"jointphot: error: logs in {os.path.join(workdir, 'tiles', 'NNNN', 'tNNNN.log')}; fix the "
                        f"cause and run the same command again (finished tiles are re-used)", err=True)
             sys.exit(1)
-
-
-STEPS = ("cutout", "detect", "fit-hr", "fit-lr")
 
 
 class _run_log:
@@ -409,18 +411,26 @@ def _mag_range(ctx, param, value):
 @click.option("--star-mags", callback=_mag_range, help="LO,HI: HR AB magnitudes of the stars [default: 19.5,25.5].")
 @click.option("--galaxy-mags", callback=_mag_range,
               help="LO,HI: HR AB magnitudes of the galaxies [default: 20.5,26.5].")
+@click.option("--extra-bands", default="", help="Comma list of further LR bands to draw (g, z: other pixel scales, "
+                                               "rotations, PSFs, footprints and colours); job.json lists them in lr_bands.")
 def simulate_command(outdir, seed, size_arcsec, galaxies, hr_noise, lr_noise, poisson, psf_light_fraction,
-                     star_fraction, star_mags, galaxy_mags):
+                     star_fraction, star_mags, galaxy_mags, extra_bands):
     """Simulate an HR + LR test field with GalSim, with truth catalogue, PSFs, offsets and job files."""
     try:
-        from .simulate import simulate_field
+        from .simulate import EXTRA_BANDS, add_band, simulate_field
     except ImportError as exc:
         raise JointphotError(f"simulate needs GalSim: pip install 'jointphot[sim]' ({exc})") from None
     counts = {name: value for name, value in (("star_fraction", star_fraction), ("star_mags", star_mags),
                                                 ("galaxy_mags", galaxy_mags)) if value is not None}
+    bands = [b.strip() for b in extra_bands.split(",") if b.strip()]
+    unknown = sorted(set(bands) - set(EXTRA_BANDS))
+    if unknown:
+        raise JointphotError(f"--extra-bands: unknown band {unknown[0]!r} (known: {', '.join(EXTRA_BANDS)})")
     paths = simulate_field(outdir, seed=seed, size_arcsec=size_arcsec, galaxies=galaxies, hr_noise=hr_noise,
                            lr_noise=lr_noise, poisson=poisson, psf_light_fraction=psf_light_fraction, **counts)
-    click.echo(f"simulated field written to {outdir} ({len(paths)} files)")
+    for band in bands:
+        paths.update({f"{band}_{k}": v for k, v in add_band(outdir, band, seed=seed).items()})
+    click.echo(f"simulated field written to {outdir} ({len(set(paths.values()))} files)")
 
 
 @main.command("rerun")

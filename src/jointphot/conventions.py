@@ -125,7 +125,7 @@ FLAG_MEANINGS = {
     "SEXTRACTOR_FLAGGED": "SExtractor flagged the detection saturated (4) or its deblending/extraction "
                           "overflowed (64, 128): SEXTRACTOR_FLAG_BITS",
     "LR_MASKED": "more than 20 % of the LR model falls on ignored (masked) pixels",
-    "LR_OFF_IMAGE": "no LR data under this source: no LR flux",
+    "LR_OFF_IMAGE": "less than 10 % of the source's LR model on usable pixels (off the image, masked): no LR flux (NaN)",
     "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
     "PARAM_AT_BOUND": "an HR shape parameter ended on its bound",
     "HR_RESIDUAL_DETECTION": "found on the residual of the first HR fit (second detection pass; informational)",

@@ -14,7 +14,7 @@ from astropy.stats import sigma_clipped_stats
 
 from .images import (LR_EXTENSIONS, celestial_wcs, image_hdu, open_fits, read_section, sliced_header,
                      write_fits_atomic)
-from .plan import get_tile, tile_path
+from .plan import band_plan, band_product, get_tile, tile_path
 
 log = logging.getLogger("jointphot.cutout")
 
@@ -49,7 +49,7 @@ def hr_invvar(image: np.ndarray, weight, weight_type: str) -> np.ndarray:
 
 
 def make_cutouts(plan, tile_id: int, directory: str) -> None:
-    """Write tNNNN_hr_cutout.fits and tNNNN_lr_cutout.fits for one tile into `directory`."""
+    """Write tNNNN_hr_cutout.fits and, per LR band, tNNNN_<band>_cutout.fits for one tile into `directory`."""
     job = plan["job"]
     tile = get_tile(plan, tile_id)
     x0, x1, y0, y1 = tile.padded
@@ -70,7 +70,15 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(sci, hr_header),
                                     fits.ImageHDU(invvar, hr_header, name="WHT")]),
                       tile_path(directory, tile_id, "hr_cutout"))
+    for band in plan["bands"]:
+        _lr_cutout(band_plan(plan, band), tile_id, directory, hr_wcs)
 
+
+def _lr_cutout(plan, tile_id: int, directory: str, hr_wcs) -> None:
+    """Write the band's tNNNN_<band>_cutout.fits (`plan`: plan.band_plan): the part of its LR image under
+    the tile's padded HR region, with a margin."""
+    job = plan["job"]
+    x0, x1, y0, y1 = get_tile(plan, tile_id).padded
     lr_path = job["lr_large_image_name"]
     with open_fits(lr_path, "lr_large_image_name") as hdul:
         hdus = {n: image_hdu(hdul, lr_path, "lr_large_image_name", n) for n in LR_EXTENSIONS}
@@ -87,8 +95,8 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
         if lx0 >= lx1 or ly0 >= ly1:
             # HR-only tile: keep it (HR photometry, no LR flux, flag LR_OFF_IMAGE); a 1-pixel LR
             # cutout at the nearest edge carries the WCS, and lies outside the HR footprint.
-            log.warning("tile %d: outside the LR image %r: HR photometry only, no LR fluxes (flag LR_OFF_IMAGE)",
-                        tile_id, lr_path)
+            log.warning("tile %d: outside the %s image %r: no %s fluxes (flag LR_OFF_IMAGE)", tile_id,
+                        job["lr_band"], lr_path, job["lr_band"])
             lx0, ly0 = min(max(lx0, 0), lnx - 1), min(max(ly0, 0), lny - 1)
             lx1, ly1 = lx0 + 1, ly0 + 1
         image = read_section(hdus["IMAGE"], ly0, ly1, lx0, lx1, path=lr_path, what="lr_large_image_name")
@@ -105,7 +113,7 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
                                     fits.ImageHDU(image, lr_header, name="IMAGE"),
                                     fits.ImageHDU(mask, mask_header, name="MASK"),
                                     fits.ImageHDU(variance, lr_header, name="VARIANCE")]),
-                      tile_path(directory, tile_id, "lr_cutout"))
+                      tile_path(directory, tile_id, band_product(job["lr_band"], "cutout")))
 
 
 def _stamp(header, tile_id, x0, y0, which):

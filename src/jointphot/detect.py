@@ -427,10 +427,11 @@ def noise_scaled_settings(settings, noise_model, kernel):
     return settings
 
 
-def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_pix=None):
+def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_pix=None, exclude=None):
     """NoiseModel of a cutout [counts, inverse variance] with correlations up to `max_lag` px
     (default NOISE_MAX_LAG); white noise when too little blank sky is left (with a warning, or an
-    info message when `warn` is False).
+    info message when `warn` is False).  `exclude`: bool pixels left out besides the source mask
+    (e.g. where a fitted model's wings lie).
 
     Source mask: :func:`jointphot.noise.source_mask` (the `kernel`-filtered image above 4 of its own
     robust sigmas, 3 passes, dilated by `dilate_pix`, default 3 FWHM + 3 px as fit_hr's sky mask), not a first SExtractor
@@ -441,6 +442,8 @@ def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_
     dilate_pix = int(3 * fwhm_pix) + 3 if dilate_pix is None else dilate_pix
     mask = source_mask(image, invvar, kernel, nsigma=SOURCE_MASK_NSIGMA, dilate_pix=dilate_pix,
                        background_box=NOISE_SKY_BOX)
+    if exclude is not None:
+        mask |= exclude
     try:
         return measure_noise(image, invvar, mask, max_lag=max_lag or NOISE_MAX_LAG, background_box=NOISE_SKY_BOX)
     except JointphotError as exc:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict
+import re
+from typing import Any, Dict, List
 
 from .conventions import DEFAULT_LR_IGNORED_PLANES
 from .errors import JointphotError
@@ -25,7 +26,7 @@ ENGINES = ("auto", "native", "tractor")
 APERTURE_CORRECTION_MODES = ("report", "apply")
 
 #: key -> (kind, default, description).  kind: int, float, str, bool, path (input file),
-#: outdir, pair (two numbers in arcsec), psf (path or number), list, dict, any.
+#: outdir, pair (two numbers in arcsec), psf (path or number), list, dict, bands (list of objects), any.
 KEYS: Dict[str, tuple] = {
     # --- the original tool's keys -----------------------------------------------------------
     "workdir": ("outdir", REQUIRED, "output directory (tiles, catalogue)"),
@@ -65,7 +66,11 @@ KEYS: Dict[str, tuple] = {
     "lr_mask_planes": ("list", list(DEFAULT_LR_IGNORED_PLANES), "LR mask planes whose pixels are ignored"),
     "sextractor_settings": ("dict", {}, "SExtractor keyword overrides for HR detection"),
     "engine": ("choice", "auto", "fitting engine: auto | native | tractor"),
-    "lr_band": ("str", "lr", "name of the LR band (column prefix in the catalogue)"),
+    "lr_band": ("str", "lr", "name of the LR band: column prefix in the catalogue and in tile file names "
+                             "(a letter, then letters or digits; not 'hr')"),
+    "lr_bands": ("bands", None, "several LR bands: a list of objects, one per band, each with the per-band keys "
+                                "(lr_band, lr_large_image_name, lr_zp, lr_image_psf, ...; see BAND_KEYS); a key "
+                                "an object leaves out is taken from the top level"),
     "noise_rescale": ("bool", True, "rescale the weights so blank-sky pixels have unit chi scatter"),
     "hr_psf_pixscale_arcsec": ("float", None, "pixel scale [\"/px] of a FITS hr_image_psf (default: its header's "
                                               "CD, PC x CDELT, CDELT or PIXSCALE, else the HR image's)"),
@@ -91,6 +96,12 @@ KEYS: Dict[str, tuple] = {
 CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_type": WEIGHT_TYPES,
            "engine": ENGINES, "hr_models": ("sersic", "legacy"), "hr_aperture_correction": APERTURE_CORRECTION_MODES,
            "lr_aperture_correction": APERTURE_CORRECTION_MODES}
+#: The keys that belong to one LR band: top-level (a one-band job, the original format) or in each object
+#: of lr_bands.  The band's own name is lr_band.
+BAND_KEYS = ("lr_band", "lr_zp", "lr_large_image_name", "lr_image_psf", "lr_psf_type", "lr_astrometry_correction_name",
+             "lr_mask_planes", "lr_psf_pixscale_arcsec", "lr_psf_light_fraction", "lr_aperture_correction")
+#: A band name: a column prefix and part of file names.
+BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 IGNORED = ("show_plots", "output_logfile_name", "mainpath", "userinputdir", "run_on_mock")
 
 
@@ -123,26 +134,91 @@ def validate_job(raw: Dict[str, Any], base_dir: str, source: str = "job") -> Dic
     if unknown:
         raise JointphotError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
                              + "; see `jointphot job-keys` for the accepted keys")
+    several = raw.get("lr_bands") is not None
     job: Dict[str, Any] = {}
     for key, (kind, default, _) in KEYS.items():
+        if key == "lr_bands":
+            continue
         if key not in raw or raw[key] is None:
-            if default is REQUIRED:
+            if default is REQUIRED and not (several and key in BAND_KEYS):
                 raise JointphotError(f"{source}: required key {key!r} is missing")
-            job[key] = default
+            job[key] = None if default is REQUIRED else default
             continue
         job[key] = _convert(key, kind, raw[key], base_dir, source)
-    for ptype, pkey, fallback in (("hr_psf_type", "hr_image_psf", "fits"), ("lr_psf_type", "lr_image_psf", "psfex")):
-        if job[ptype] is None:   # the original's rule before psf types existed
-            job[ptype] = "fwhm" if isinstance(job[pkey], float) else fallback
-        if job[ptype] == "fwhm":
-            if not isinstance(job[pkey], float) or job[pkey] <= 0:
-                raise JointphotError(f"{source}: {pkey!r} must be a positive FWHM in arcsec when {ptype} is 'fwhm'")
-        elif isinstance(job[pkey], float):
-            raise JointphotError(f"{source}: {pkey!r} is a number but {ptype} is {job[ptype]!r}: give a file, or set {ptype} to 'fwhm'")
+    _psf_type(job, "hr", "fits", source)
+    job["lr_bands"] = _bands(raw, base_dir, source)
+    if not several:
+        job.update(job["lr_bands"][0])   # a one-band job: its top-level keys are that band, resolved
     for key in IGNORED:
         if key in raw:
             log.info("%s: key %r is accepted for compatibility and ignored", source, key)
     return job
+
+
+def _psf_type(job, prefix, fallback, where):
+    """Fill and check <prefix>_psf_type against <prefix>_image_psf (the original's rule: a number is a FWHM)."""
+    ptype, pkey = f"{prefix}_psf_type", f"{prefix}_image_psf"
+    if job[ptype] is None:
+        job[ptype] = "fwhm" if isinstance(job[pkey], float) else fallback
+    if job[ptype] == "fwhm":
+        if not isinstance(job[pkey], float) or job[pkey] <= 0:
+            raise JointphotError(f"{where}: {pkey!r} must be a positive FWHM in arcsec when {ptype} is 'fwhm'")
+    elif isinstance(job[pkey], float):
+        raise JointphotError(f"{where}: {pkey!r} is a number but {ptype} is {job[ptype]!r}: give a file, or set {ptype} "
+                             f"to 'fwhm'")
+
+
+def _bands(raw, base_dir, source) -> List[Dict[str, Any]]:
+    """The LR bands, each a dict of the BAND_KEYS: one per object of lr_bands (its keys over the top-level
+    ones), or one band of the top-level keys."""
+    entries = raw.get("lr_bands")
+    if entries is None:
+        entries, label = [{}], lambda i: source
+    elif not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+        raise JointphotError(f"{source}: key 'lr_bands' must be a non-empty list of objects (one per LR band)")
+    else:
+        label = lambda i: f"{source}: lr_bands[{i}]"   # noqa: E731
+    bands, names = [], set()
+    for i, entry in enumerate(entries):
+        where = label(i)
+        unknown = sorted(set(entry) - set(BAND_KEYS))
+        if unknown:
+            raise JointphotError(f"{where}: {unknown[0]!r} is not a per-band key (per-band keys: {', '.join(BAND_KEYS)})")
+        band = {}
+        for key in BAND_KEYS:
+            kind, default, _ = KEYS[key]
+            value = entry.get(key, raw.get(key))
+            if key == "lr_psf_type" and "lr_image_psf" in entry and key not in entry:
+                value = None   # a band's own PSF without a type: the type follows from it
+            if value is None:
+                if default is REQUIRED:
+                    raise JointphotError(f"{where}: required key {key!r} is missing")
+                band[key] = default
+            else:
+                band[key] = _convert(key, kind, value, base_dir, where)
+        _psf_type(band, "lr", "psfex", where)
+        name = band["lr_band"]
+        if not BAND_NAME.match(name) or name == "hr":
+            raise JointphotError(f"{where}: band name (lr_band) {name!r} must be a letter followed by letters or "
+                                 f"digits, and not 'hr' (it prefixes columns and names files)")
+        if name in names:
+            raise JointphotError(f"{where}: band name (lr_band) {name!r} is used twice")
+        names.add(name)
+        bands.append(band)
+    return bands
+
+
+def band_names(job: Dict[str, Any]) -> List[str]:
+    """The LR band names of a validated job, in job order."""
+    return [b["lr_band"] for b in job["lr_bands"]]
+
+
+def band_job(job: Dict[str, Any], band: str) -> Dict[str, Any]:
+    """The job as one band sees it: its top-level BAND_KEYS are those of `band`."""
+    for entry in job["lr_bands"]:
+        if entry["lr_band"] == band:
+            return dict(job, **entry)
+    raise JointphotError(f"band {band!r} is not in this job (bands: {', '.join(band_names(job))})")
 
 
 def _convert(key, kind, value, base_dir, source):

@@ -21,12 +21,14 @@ from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
 
 from . import __version__, apcorr
-from .catalog import readme_text, set_units
+from . import conventions as cv
+from .catalog import BANDS_COLUMNS, readme_text, set_units
 from .engines.base import STANDARD_PARAMS
 from .errors import JointphotError
 from .fit_lr import add_magnitudes
 from .images import write_fits_atomic, write_text_atomic
-from .plan import tile_path
+from .jobfile import band_job
+from .plan import band_product, tile_path
 
 log = logging.getLogger("jointphot.merge")
 
@@ -35,12 +37,14 @@ log = logging.getLogger("jointphot.merge")
 #: brightest pixel of its flat, noisy core can differ by a pixel between tiles and fall in two cores.
 DUPLICATE_RADIUS_ARCSEC = 0.15
 ID_STRIDE = 100000
-#: Columns an aperture correction multiplies (HR, and the LR band's: '{band}'; the LR x HR flux
-#: covariance by both); magnitudes and uJy columns are made again from them, and the flux row and
-#: column of hr_param_cov are scaled too.
+#: Columns an aperture correction multiplies (HR: 'hr', with every LR band's '{band}_hr_flux_cov'; an LR
+#: band's: 'lr'); magnitudes and uJy columns are made again from them, and the flux row and column of
+#: hr_param_cov are scaled too.
 FLUX_COLUMNS = {"hr": ("hr_flux", "hr_flux_err", "hr_flux_err_model", "{band}_hr_flux_cov"),
                 "lr": ("{band}_flux", "{band}_flux_err", "{band}_flux_err_fixed", "{band}_flux_err_shape",
                        "{band}_hr_flux_cov")}
+#: Extension of a merged catalogue with one row per LR band (zeropoint, aperture correction, missing tiles).
+BANDS_HDU = "BANDS"
 
 
 def padded_depth(table: Table, padded) -> np.ndarray:
@@ -59,39 +63,46 @@ def merge_tables(plan, tables: Dict[int, Table]) -> Table:
     are combined per band and, where the job key <band>_aperture_correction is 'apply', multiply
     the fluxes; meta['apcorr'] = {band: (Correction, applied)} for write_catalogue."""
     merged = _kept_rows(plan, tables)
+    merged.meta["missing_bands"] = {b: sorted(t for t, table in tables.items() if b in table.meta.get("missing_bands", []))
+                                    for b in plan["bands"]}
     merged.meta["sextractor"] = ",".join(sorted({t.meta.get("sextractor", "unknown") for t in tables.values()}))
     merged.meta["apcorr"] = {}
-    for band in apcorr.CARDS:
-        corr = apcorr.combine_tiles([t.meta.get("apcorr", {}).get(band, apcorr.Correction()) for t in tables.values()])
-        key = f"{band}_aperture_correction"
-        apply = plan["job"].get(key) == "apply"
+    bands = list(plan["bands"])
+    for which in ["hr"] + bands:
+        corr = apcorr.combine_tiles([t.meta.get("apcorr", {}).get(which, apcorr.Correction()) for t in tables.values()])
+        job = plan["job"] if which == "hr" else band_job(plan["job"], which)
+        prefix = "hr" if which == "hr" else "lr"
+        key = f"{prefix}_aperture_correction"
+        apply = job[key] == "apply"
         usable = apcorr.usable(corr)
         if apply and corr.n == 0:
             log.warning("merge: %s is 'apply' but no tile measured one (no bright isolated star): %s fluxes "
-                        "not corrected", key, band.upper())
+                        "not corrected", key, which)
         elif apply and not usable:
             log.warning("merge: %s is 'apply' but the correction %.4f +- %.4f (%d stars) is less precise than "
                         "+-%g: %s fluxes not corrected", key, corr.value, corr.error, corr.n,
-                        apcorr.MAX_APPLIED_ERROR, band.upper())
+                        apcorr.MAX_APPLIED_ERROR, which)
         if apply and usable:
-            apply_correction(merged, band, plan["job"]["lr_band"], corr.value, plan["job"][f"{band}_zp"])
-        merged.meta["apcorr"][band] = (corr, bool(apply and usable))
+            apply_correction(merged, which, bands, corr.value, job[f"{prefix}_zp"])
+        merged.meta["apcorr"][which] = (corr, bool(apply and usable))
     return merged
 
 
-def apply_correction(table: Table, band: str, lr_band: str, factor: float, zeropoint: float) -> None:
-    """Multiply the FLUX_COLUMNS of `band` ('hr' or 'lr'; LR columns named after `lr_band`) that the
-    table has by `factor` in place, and make their magnitudes and uJy columns again (AB `zeropoint`)."""
-    for col in FLUX_COLUMNS[band]:
-        if col.format(band=lr_band) in table.colnames:
-            table[col.format(band=lr_band)] *= factor
-    if band == "hr":
+def apply_correction(table: Table, which: str, bands: List[str], factor: float, zeropoint: float) -> None:
+    """Multiply the FLUX_COLUMNS of `which` ('hr' or an LR band of `bands`) that the table has by `factor`
+    in place, and make their magnitudes and uJy columns again (AB `zeropoint`)."""
+    columns = ([c.format(band=b) for c in FLUX_COLUMNS["hr"] for b in bands] if which == "hr"
+               else [c.format(band=which) for c in FLUX_COLUMNS["lr"]])
+    for col in dict.fromkeys(columns):
+        if col in table.colnames:
+            table[col] *= factor
+    if which == "hr":
         k = STANDARD_PARAMS.index("flux")
         cov = np.asarray(table["hr_param_cov"], float).reshape(-1, 7, 7)
         cov[:, k, :] *= factor
         cov[:, :, k] *= factor
         table["hr_param_cov"] = cov.reshape(len(table), 49)
-    add_magnitudes(table, "hr" if band == "hr" else lr_band, zeropoint)
+    add_magnitudes(table, which, zeropoint)
 
 
 def _kept_rows(plan, tables: Dict[int, Table]) -> Table:
@@ -126,51 +137,93 @@ def _kept_rows(plan, tables: Dict[int, Table]) -> Table:
 
 
 def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
-    """{tile_id: table} from per-tile lr_fit files."""
-    tables = {}
-    seen = {}
+    """{tile_id: table} from per-tile band catalogues (tNNNN_<band>_fit.fits), each tile's bands joined
+    (join_bands); table.meta['missing_bands'] lists the bands a tile lacks."""
+    per_tile: Dict[int, Dict[str, Table]] = {}
+    seen = set()
     for path in paths:
         real = os.path.realpath(path)
         if real in seen:
             continue
-        seen[real] = path
+        seen.add(real)
         try:
             with fits.open(path) as hdul:
+                header = hdul["LR_FIT"].header
                 table = Table(hdul["LR_FIT"].data)
-                tile_id = int(hdul["LR_FIT"].header["JP_TILE"])
-                table.meta["engine"] = hdul["LR_FIT"].header.get("JP_ENGV", "")
-                table.meta["sextractor"] = hdul["LR_FIT"].header.get("JP_SEXV", "unknown")
-                table.meta["apcorr"] = {band: apcorr.from_header(hdul["LR_FIT"].header, band) for band in apcorr.CARDS}
+                tile_id = int(header["JP_TILE"])
+                band = str(header["JP_BAND"])
+                table.meta["engine"] = header.get("JP_ENGV", "")
+                table.meta["sextractor"] = header.get("JP_SEXV", "unknown")
+                table.meta["apcorr"] = {"hr": apcorr.from_header(header, "hr"), band: apcorr.from_header(header, "lr")}
         except FileNotFoundError:
             raise JointphotError(f"merge: {path!r} does not exist") from None
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise JointphotError(f"merge: {path!r} is not a jointphot per-tile catalogue ({exc})") from None
-        if tile_id in tables:
-            raise JointphotError(f"merge: two catalogues of tile {tile_id}: {path!r} and another file")
         if not 0 <= tile_id < len(plan["tiles"]):
             raise JointphotError(f"merge: {path!r} is tile {tile_id}, which is not in this job's grid "
                                  f"(0..{len(plan['tiles']) - 1})")
-        tables[tile_id] = table
-    return tables
+        if band not in plan["bands"]:
+            raise JointphotError(f"merge: {path!r} is band {band!r}, which is not in this job "
+                                 f"(bands: {', '.join(plan['bands'])})")
+        if band in per_tile.get(tile_id, {}):
+            raise JointphotError(f"merge: two catalogues of tile {tile_id} band {band}: {path!r} and another file")
+        per_tile.setdefault(tile_id, {})[band] = table
+    return {tile_id: join_bands(list(plan["bands"]), tables) for tile_id, tables in per_tile.items()}
+
+
+def join_bands(bands: List[str], tables: Dict[str, Table]) -> Table:
+    """One tile's catalogue from its bands' tables ({band: table}, the same HR rows in each): the HR columns
+    once, each band's own columns, `flags` the OR of all; a band without a table gets NaN columns and
+    the flag LR_OFF_IMAGE (meta['missing_bands'])."""
+    first = tables[next(b for b in bands if b in tables)]
+    template = next(b for b in bands if b in tables)
+    out = Table([first[c] for c in first.colnames if not _is_band_column(c, bands)], meta=dict(first.meta))
+    out.meta["apcorr"] = {"hr": first.meta["apcorr"]["hr"]}
+    out.meta["missing_bands"] = [b for b in bands if b not in tables]
+    flags = np.asarray(out["flags"], np.int64).copy()
+    for band in bands:
+        table = tables.get(band)
+        if table is not None:
+            if not np.array_equal(np.asarray(table["number"]), np.asarray(first["number"])):
+                raise JointphotError(f"merge: tile {int(first['tile_id'][0]) if len(first) else '?'}: band {band}'s "
+                                     f"catalogue has other sources than band {template}'s (made from another HR fit)")
+            flags |= np.asarray(table["flags"], np.int64)
+            out.meta["apcorr"][band] = table.meta["apcorr"][band]
+            for col in table.colnames:
+                if col.startswith(f"{band}_"):
+                    out[col] = table[col]
+            continue
+        off = cv.FLAGS["LR_OFF_IMAGE"]
+        flags |= off
+        for col in first.colnames:
+            if col.startswith(f"{template}_"):
+                name = band + col[len(template):]
+                out[name] = np.full(len(out), off, np.int32) if col.endswith("_flags") else np.full(len(out), np.nan)
+    out["flags"] = flags.astype(np.int32)
+    return out
+
+
+def _is_band_column(name: str, bands: List[str]) -> bool:
+    return any(name.startswith(f"{b}_") for b in bands)
 
 
 def default_tile_files(plan) -> List[str]:
-    """Existing tNNNN_lr_fit.fits files under <workdir>/tiles that were made for this job.
+    """Existing per-band tile catalogues (tNNNN_<band>_fit.fits) under <workdir>/tiles made for this job.
 
     A file whose fit-lr .done marker names another job (the job or its inputs changed since)
     is skipped with a warning; a file without a marker (copied by hand) is taken.
     """
     from .pipeline import read_marker
     out = []
-    for t in plan["tiles"]:
-        directory = os.path.join(plan["job"]["workdir"], "tiles", f"{t['tile_id']:04d}")
-        path = tile_path(directory, t["tile_id"], "lr_fit")
+    for t, band in ((t["tile_id"], b) for t in plan["tiles"] for b in plan["bands"]):
+        directory = os.path.join(plan["job"]["workdir"], "tiles", f"{t:04d}")
+        path = tile_path(directory, t, band_product(band, "fit"))
         if not os.path.exists(path):
             continue
-        marker = read_marker(directory, t["tile_id"], "fit-lr")
+        marker = read_marker(directory, t, "fit-lr", band)
         if marker is not None and marker.get("job_hash") != plan["job_hash"]:
             log.warning("merge: skipping %s: it was made for another version of the job or its input files "
-                        "(re-run tile %d)", path, t["tile_id"])
+                        "(re-run tile %d)", path, t)
             continue
         out.append(path)
     return out
@@ -212,28 +265,61 @@ def job_from_catalogue(path):
 def write_catalogue(plan, merged: Table, path: str, missing: List[int], engines: List[str],
                     failures: Optional[Dict[int, str]] = None) -> None:
     """Write the merged catalogue (units, job, versions, missing tiles in the header) and its README."""
-    band = plan["job"]["lr_band"]
-    set_units(merged, band)
+    bands = list(plan["bands"])
+    set_units(merged, bands)
     hdr = fits.Header()
     hdr["JP_VERS"] = (__version__, "jointphot version")
     hdr["JP_NTILE"] = (len(plan["tiles"]), "tiles in the grid")
     hdr["JP_NMISS"] = (len(missing), "tiles missing from this catalogue")
     hdr["JP_MISS"] = (",".join(str(t) for t in missing) or "none", "ids of the missing tiles")
     hdr["JP_ENGV"] = (",".join(sorted(set(engines))) or "none", "fitting engine(s) and version(s)")
-    hdr["JP_BAND"] = (band, "LR band name")
+    hdr["JP_BAND"] = (",".join(bands), f"LR band names (extension {BANDS_HDU}: one row each)")
     hdr["JP_HRZP"] = (plan["job"]["hr_zp"], "[mag] HR AB zeropoint")
-    hdr["JP_LRZP"] = (plan["job"]["lr_zp"], "[mag] LR AB zeropoint")
-    for which, (corr, applied) in merged.meta.pop("apcorr", {}).items():
-        hdr.update(apcorr.header_cards(which, corr, applied))
+    corrections = merged.meta.pop("apcorr", {})
+    hdr.update(apcorr.header_cards("hr", *corrections.get("hr", (apcorr.Correction(), False))))
+    missing_bands = merged.meta.pop("missing_bands", {})
     hdr["JP_SEXV"] = (merged.meta.pop("sextractor", "unknown") or "unknown", "SExtractor version(s) of the tiles")
     versions = tool_versions()
     for name, version in versions.items():
         hdr[f"V_{name.upper()[:6]}"] = (version, f"{name} version")
     for tile_id, reason in sorted((failures or {}).items()):
         hdr.add_history(f"tile {tile_id} failed: {reason}"[:70])
+    for band, tiles in missing_bands.items():
+        if tiles:
+            hdr.add_history(f"band {band} missing in tiles {','.join(map(str, tiles))}"[:70])
     hdr["JP_JOBHD"] = (JOB_HDU, "HDU holding the whole job as JSON (jointphot rerun)")
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(header=hdr), fits.BinTableHDU(merged, header=hdr, name="CATALOG"),
+                                    bands_hdu(plan, corrections, missing_bands),
                                     job_hdu(plan["job"], dict(versions, jointphot=__version__,
                                                               engine=hdr["JP_ENGV"], sextractor=hdr["JP_SEXV"]))]),
                       path)
-    write_text_atomic(readme_text(merged, band), os.path.splitext(path)[0] + "_README.txt")
+    write_text_atomic(readme_text(merged, bands), os.path.splitext(path)[0] + "_README.txt")
+
+
+def band_corrections(path) -> Dict[str, tuple]:
+    """{band: (apcorr.Correction, applied)} of the LR bands of a merged catalogue (its BANDS extension)."""
+    out = {}
+    for row in Table.read(path, hdu=BANDS_HDU):
+        n = int(row["apcor_nstars"])
+        corr = (apcorr.Correction(float(row["apcor"]), float(row["apcor_err"]), n, float(row["apcor_radius"]))
+                if n else apcorr.Correction())
+        out[str(row["band"])] = (corr, bool(row["apcor_applied"]))
+    return out
+
+
+def bands_hdu(plan, corrections, missing_bands):
+    """The BANDS extension: one row per LR band with its zeropoint, pixel scale, aperture correction
+    (corrections: {band: (Correction, applied)}) and the tiles without its catalogue."""
+    rows = []
+    for band in plan["bands"]:
+        corr, applied = corrections.get(band, (apcorr.Correction(), False))
+        rows.append((band, band_job(plan["job"], band)["lr_zp"], plan["bands"][band]["pixel_scale_arcsec"],
+                     corr.value, corr.error if corr.n else -1.0, corr.n,
+                     corr.radius if np.isfinite(corr.radius) else 0.0, bool(applied),
+                     ",".join(map(str, missing_bands.get(band, []))) or "none"))
+    table = Table(rows=rows, names=list(BANDS_COLUMNS), dtype=("U16", float, float, float, float, int, float, bool, "U2000"))
+    for name, (unit, desc) in BANDS_COLUMNS.items():
+        table[name].unit = unit or None
+        table[name].description = desc
+    return fits.BinTableHDU(table, name=BANDS_HDU)
+

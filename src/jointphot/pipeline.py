@@ -41,19 +41,14 @@ import numpy as np
 
 from .errors import Interrupted, JointphotError
 from .images import write_text_atomic
-from .plan import tile_dir, tile_path
+from .plan import band_product, tile_dir, tile_path
 
 log = logging.getLogger("jointphot.pipeline")
 #: Progress lines and the run summary: the only INFO messages shown on the console by default.
 progress_log = logging.getLogger("jointphot.run")
 
-#: step name -> products it writes (tile_path product names)
-STEP_OUTPUTS = {
-    "cutout": ("hr_cutout", "lr_cutout"),
-    "detect": ("hr_detections",),
-    "fit-hr": ("hr_fit", "hr_images"),
-    "fit-lr": ("lr_fit", "lr_images"),
-}
+#: The steps of a tile, in order; fit-lr runs once per LR band.
+STEPS = ("cutout", "detect", "fit-hr", "fit-lr")
 #: Lock file of a work directory (holds the pid of the `jointphot run` using it).
 LOCK_NAME = ".jointphot.lock"
 #: Seconds a run waits for another run's lock (e.g. the workers of a killed run exiting).
@@ -138,8 +133,25 @@ def _console_args():
 
 
 # --------------------------------------------------------------------------- steps
-def _marker(directory: str, tile_id: int, step: str) -> str:
-    return os.path.join(directory, f".t{tile_id:04d}_{step}.done")
+def step_products(plan, step: str, band: Optional[str] = None) -> List[str]:
+    """Product names (tile_path) a step writes; fit-lr: those of `band` (None: of every band)."""
+    bands = list(plan["bands"])
+    if step == "cutout":
+        return ["hr_cutout"] + [band_product(b, "cutout") for b in bands]
+    if step == "detect":
+        return ["hr_detections"]
+    if step == "fit-hr":
+        return ["hr_fit", "hr_images"]
+    return [band_product(b, what) for b in ([band] if band else bands) for what in ("fit", "images")]
+
+
+def step_bands(plan, step: str) -> List[Optional[str]]:
+    """The units a step runs in for a tile: every LR band for fit-lr, else [None] (once)."""
+    return list(plan["bands"]) if step == "fit-lr" else [None]
+
+
+def _marker(directory: str, tile_id: int, step: str, band: Optional[str] = None) -> str:
+    return os.path.join(directory, f".t{tile_id:04d}_{step}{'.' + band if band else ''}.done")
 
 
 def _remove(path: str) -> None:
@@ -147,25 +159,33 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "auto") -> None:
-    """Run one step of one tile, then record that it finished for this job (a .done marker).
+def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "auto",
+             band: Optional[str] = None) -> None:
+    """Run one step of one tile (fit-lr: of LR band `band`; None: every band, one after the other), then
+    record that it finished for this job (a .done marker).
 
     Before it runs, its own and every later step's products and markers are removed (they
-    would be stale); when it fails, what it wrote is removed too.  So a product without its
-    marker is never older than the job.
+    would be stale; fit-lr of one band touches that band's only); when it fails, what it wrote is
+    removed too.  So a product without its marker is never older than the job.
     """
     from . import cutout, detect, fit_hr, fit_lr
     from .engines import get_engine
 
-    if step not in STEP_OUTPUTS:
+    if step not in STEPS:
         raise JointphotError(f"unknown step {step!r}")
+    if band is not None and band not in plan["bands"]:
+        raise JointphotError(f"band {band!r} is not in this job (bands: {', '.join(plan['bands'])})")
+    if step == "fit-lr" and band is None:
+        for b in plan["bands"]:
+            run_step(step, plan, tile_id, directory, engine_name, b)
+        return
     os.makedirs(directory, exist_ok=True)
-    steps = list(STEP_OUTPUTS)
-    for later in steps[steps.index(step):]:
-        _remove(_marker(directory, tile_id, later))
-        for product in STEP_OUTPUTS[later]:
-            _remove(tile_path(directory, tile_id, product))
-    log.info("tile %d: %s", tile_id, step)
+    for later in STEPS[STEPS.index(step):]:
+        for b in ([band] if later == step else step_bands(plan, later)):
+            _remove(_marker(directory, tile_id, later, b))
+            for product in step_products(plan, later, b):
+                _remove(tile_path(directory, tile_id, product))
+    log.info("tile %d: %s%s", tile_id, step, f" {band}" if band else "")
     try:
         if step == "cutout":
             cutout.make_cutouts(plan, tile_id, directory)
@@ -174,29 +194,36 @@ def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "
         elif step == "fit-hr":
             fit_hr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
         else:
-            fit_lr.fit_tile(plan, tile_id, directory, get_engine(engine_name))
+            fit_lr.fit_tile(plan, tile_id, directory, get_engine(engine_name), band)
     except BaseException:
-        for product in STEP_OUTPUTS[step]:
+        for product in step_products(plan, step, band):
             _remove(tile_path(directory, tile_id, product))
         raise
-    write_text_atomic(json.dumps({"job_hash": plan["job_hash"], "engine": engine_name}), _marker(directory, tile_id, step))
+    write_text_atomic(json.dumps({"job_hash": plan["job_hash"], "engine": engine_name}),
+                      _marker(directory, tile_id, step, band))
 
 
-def step_is_done(step: str, plan, tile_id: int, directory: str, engine_name: str) -> bool:
-    """True when the step's outputs exist and were made for this very job and engine."""
-    marker = read_marker(directory, tile_id, step)
+def step_is_done(step: str, plan, tile_id: int, directory: str, engine_name: str, band: Optional[str] = None) -> bool:
+    """True when the step's outputs (fit-lr: of `band`) exist and were made for this very job and engine."""
+    marker = read_marker(directory, tile_id, step, band)
     return (marker is not None and marker.get("job_hash") == plan["job_hash"] and marker.get("engine") == engine_name
-            and all(os.path.exists(tile_path(directory, tile_id, p)) for p in STEP_OUTPUTS[step]))
+            and all(os.path.exists(tile_path(directory, tile_id, p)) for p in step_products(plan, step, band)))
 
 
-def read_marker(directory: str, tile_id: int, step: str) -> Optional[Dict]:
-    """The .done marker of a step ({job_hash, engine}), None when there is none."""
+def read_marker(directory: str, tile_id: int, step: str, band: Optional[str] = None) -> Optional[Dict]:
+    """The .done marker of a step (fit-lr: of `band`) ({job_hash, engine}), None when there is none."""
     try:
-        with open(_marker(directory, tile_id, step)) as fh:
+        with open(_marker(directory, tile_id, step, band)) as fh:
             marker = json.load(fh)
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
+
+
+def tile_is_done(plan, tile_id: int) -> bool:
+    """Every band's fit-lr of the tile has its marker (the tile's last step finished)."""
+    directory = tile_dir(plan, tile_id)
+    return all(os.path.exists(_marker(directory, tile_id, "fit-lr", b)) for b in plan["bands"])
 
 
 def status_path(directory: str, tile_id: int) -> str:
@@ -248,15 +275,21 @@ def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
         for path in clean_stale_files(directory):
             log.info("tile %d: removed %s left by an interrupted run", tile_id, os.path.basename(path))
         redo = force
-        for step in STEP_OUTPUTS:
-            if not redo and step_is_done(step, plan, tile_id, directory, engine_name):
-                status["reused"].append(step)
-                log.debug("tile %d: %s re-used", tile_id, step)
-                continue
-            redo = True   # everything after a re-run step is re-run too
-            run_step(step, plan, tile_id, directory, engine_name)
-        status["n_sources"] = _count_rows(tile_path(directory, tile_id, "lr_fit"))
-        _warn_without_lr(tile_path(directory, tile_id, "lr_fit"), tile_id)
+        for step in STEPS:
+            rerun = False
+            for band in step_bands(plan, step):
+                name = step + (f" {band}" if band else "")
+                if not redo and step_is_done(step, plan, tile_id, directory, engine_name, band):
+                    status["reused"].append(name)
+                    log.debug("tile %d: %s re-used", tile_id, name)
+                    continue
+                rerun = True
+                run_step(step, plan, tile_id, directory, engine_name, band)
+            redo = redo or rerun   # everything after a re-run step is re-run too
+        for band in plan["bands"]:
+            path = tile_path(directory, tile_id, band_product(band, "fit"))
+            status["n_sources"] = _count_rows(path)
+            _warn_without_lr(path, tile_id, band)
     except JointphotError as exc:
         status.update(ok=False, error=str(exc))
         log.error("tile %d failed: %s", tile_id, exc, extra=QUIET)
@@ -281,17 +314,19 @@ def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
     return status
 
 
-def _warn_without_lr(path: str, tile_id: int) -> None:
-    """A warning when no source of the tile got an LR flux (all LR pixels unusable or off the image)."""
+def _warn_without_lr(path: str, tile_id: int, band: str) -> None:
+    """A warning when no source of the tile got a flux in LR band `band` (all its pixels unusable or off
+    its image)."""
     from astropy.io import fits
     from .conventions import FLAGS
     try:
-        flags = np.asarray(fits.getdata(path, "LR_FIT")["flags"])
+        flags = np.asarray(fits.getdata(path, "LR_FIT")[f"{band}_flags"])
     except (OSError, KeyError, TypeError):
         return
     if flags.size and np.all(flags & FLAGS["LR_OFF_IMAGE"]):
-        log.warning("tile %d: none of its %d sources got an LR flux: its LR pixels are all masked, NaN, with "
-                    "VARIANCE <= 0, or off the LR image (LR fluxes NaN, flag LR_OFF_IMAGE)", tile_id, flags.size)
+        log.warning("tile %d: none of its %d sources got a %s flux: its %s pixels are all masked, NaN, with "
+                    "VARIANCE <= 0, or off the %s image (%s fluxes NaN, flag LR_OFF_IMAGE)", tile_id, flags.size,
+                    band, band, band, band)
 
 
 def _count_rows(path: str) -> int:

@@ -17,11 +17,11 @@ from .astrometry import read_offsets
 from .errors import JointphotError
 from .images import (celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, read_section, LR_EXTENSIONS,
                      write_text_atomic)
-from .jobfile import load_job, read_json
+from .jobfile import band_job, band_names, load_job, read_json
 from .psf import load_psf
 from .tiling import Tile, make_grid, tile_from_dict
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 #: Largest tile grid accepted (a typo in cutoutsize_arcsec or a broken pixel scale gives millions).
 MAX_TILES = 100000
 #: Largest plausible pixel scale ["/px] (a CD matrix of zeros is read as 1 deg/px).
@@ -41,7 +41,68 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
         if wshape != hr_shape:
             raise JointphotError(f"hr_large_image_wht_name: {job['hr_large_image_wht_name']!r} is {wshape[1]}x{wshape[0]} "
                                  f"pixels but the HR image is {hr_shape[1]}x{hr_shape[0]}")
-    lr_path = job["lr_large_image_name"]
+    hr_scale = pixel_scale_arcsec(hr_wcs)
+    if not (np.isfinite(hr_scale) and 0 < hr_scale <= MAX_PIXEL_SCALE_ARCSEC):
+        raise JointphotError(_implausible_scale("hr_large_image_name", job["hr_large_image_name"], hr_scale))
+    bands = {}
+    for name in band_names(job):
+        view = band_job(job, name)
+        lr_wcs, lr_shape = _check_lr_image(view, hr_wcs, hr_shape)
+        bands[name] = {"shape": list(lr_shape), "pixel_scale_arcsec": pixel_scale_arcsec(lr_wcs), "wcs": lr_wcs}
+    offsets = {"hr": _offsets(job, "hr")}
+    offsets.update({name: _offsets(band_job(job, name), "lr") for name in bands})
+    n_tiles = int(np.prod([np.ceil(n * hr_scale / size) for n, size in zip(hr_shape[::-1], job["cutoutsize_arcsec"])]))
+    if n_tiles > MAX_TILES:
+        raise JointphotError(f"cutoutsize_arcsec {job['cutoutsize_arcsec']} makes {n_tiles} tiles on the "
+                             f"{hr_shape[1]}x{hr_shape[0]}-pixel HR image ({hr_scale:.4g}\"/px); at most {MAX_TILES} "
+                             f"are allowed: use larger tiles (or check the HR WCS pixel scale)")
+    tiles = make_grid(hr_shape, hr_scale, job["cutoutsize_arcsec"], job["cutoutoverlap_arcsec"])
+    # load every PSF once so that a bad PSF fails now, not in every tile
+    cx, cy = (hr_shape[1] - 1) / 2.0, (hr_shape[0] - 1) / 2.0
+    load_psf(job["hr_image_psf"], job["hr_psf_type"], hr_scale, position=(cx + 1, cy + 1), **psf_options(job, "hr"))
+    centre = hr_wcs.all_pix2world([[cx, cy]], 0)
+    for name, band in bands.items():
+        view = band_job(job, name)
+        lx, ly = band["wcs"].all_world2pix(centre, 0)[0]
+        load_psf(view["lr_image_psf"], view["lr_psf_type"], band["pixel_scale_arcsec"], position=(lx + 1, ly + 1),
+                 **psf_options(view, "lr"))
+    _check_workdir(job["workdir"])
+    tile_dicts = []
+    for t in tiles:
+        d = {"tile_id": t.tile_id, "ix": t.ix, "iy": t.iy, "core": t.core, "padded": t.padded}
+        ra, dec = hr_wcs.all_pix2world([t.centre], 0)[0]
+        d["centre_radec"] = [float(ra), float(dec)]
+        # where position-dependent (PSFEx) PSFs are evaluated: 1-based large-image pixels, per band
+        d["psf_position"] = {"hr": [t.centre[0] + 1.0, t.centre[1] + 1.0]}
+        for name, band in bands.items():
+            lx, ly = band["wcs"].all_world2pix([[ra, dec]], 0)[0]
+            d["psf_position"][name] = [float(lx) + 1.0, float(ly) + 1.0]
+        tile_dicts.append(d)
+    for band in bands.values():
+        del band["wcs"]
+    return {
+        "jointphot_plan": PLAN_FORMAT,
+        "jointphot_version": __version__,
+        "job_file": os.path.abspath(job_file),
+        "job": job,
+        "job_hash": job_hash(job),
+        "hr": {"shape": list(hr_shape), "pixel_scale_arcsec": hr_scale},
+        "bands": bands,
+        "astrometry_offsets_mas": offsets,
+        "grid": {"nx": max(t.ix for t in tiles) + 1, "ny": max(t.iy for t in tiles) + 1},
+        "tiles": tile_dicts,
+    }
+
+
+def _implausible_scale(key, path, scale):
+    return (f"{key}: {path!r}: the WCS gives a pixel scale of {scale:.6g}\"/px, which is not plausible: check its "
+            f"CD1_1..CD2_2 (or CDELT) keywords (a CD matrix of zeros is read as 1 degree per pixel)")
+
+
+def _check_lr_image(view, hr_wcs, hr_shape):
+    """(WCS, shape) of a band's LR image (`view`: band_job), after checking its extensions, WCS, pixel scale,
+    VARIANCE and overlap with the HR image."""
+    lr_path = view["lr_large_image_name"]
     with open_fits(lr_path, "lr_large_image_name") as hdul:
         lr_hdus = {name: image_hdu(hdul, lr_path, "lr_large_image_name", name) for name in LR_EXTENSIONS}
         lr_shape = (int(lr_hdus["IMAGE"].header["NAXIS2"]), int(lr_hdus["IMAGE"].header["NAXIS1"]))
@@ -52,52 +113,29 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
                                      f"{lr_shape[1]}x{lr_shape[0]}")
         lr_wcs = celestial_wcs(lr_hdus["IMAGE"].header, lr_path, "lr_large_image_name")
         _check_variance(lr_hdus["VARIANCE"], lr_path)
-    hr_scale = pixel_scale_arcsec(hr_wcs)
-    lr_scale = pixel_scale_arcsec(lr_wcs)
-    for key, path, scale in (("hr_large_image_name", job["hr_large_image_name"], hr_scale),
-                             ("lr_large_image_name", lr_path, lr_scale)):
-        if not (np.isfinite(scale) and 0 < scale <= MAX_PIXEL_SCALE_ARCSEC):
-            raise JointphotError(f"{key}: {path!r}: the WCS gives a pixel scale of {scale:.6g}\"/px, which is not "
-                                 f"plausible: check its CD1_1..CD2_2 (or CDELT) keywords (a CD matrix of zeros is "
-                                 f"read as 1 degree per pixel)")
-    _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job)
-    offsets = {}
-    for band in ("hr", "lr"):
-        key = f"{band}_astrometry_correction_name"
-        offsets[band] = list(read_offsets(job[key], key)) if job[key] else [0.0, 0.0]
-    n_tiles = int(np.prod([np.ceil(n * hr_scale / size) for n, size in zip(hr_shape[::-1], job["cutoutsize_arcsec"])]))
-    if n_tiles > MAX_TILES:
-        raise JointphotError(f"cutoutsize_arcsec {job['cutoutsize_arcsec']} makes {n_tiles} tiles on the "
-                             f"{hr_shape[1]}x{hr_shape[0]}-pixel HR image ({hr_scale:.4g}\"/px); at most {MAX_TILES} "
-                             f"are allowed: use larger tiles (or check the HR WCS pixel scale)")
-    tiles = make_grid(hr_shape, hr_scale, job["cutoutsize_arcsec"], job["cutoutoverlap_arcsec"])
-    # load both PSFs once so that a bad PSF fails now, not in every tile
-    cx, cy = (hr_shape[1] - 1) / 2.0, (hr_shape[0] - 1) / 2.0
-    load_psf(job["hr_image_psf"], job["hr_psf_type"], hr_scale, position=(cx + 1, cy + 1), **psf_options(job, "hr"))
-    lx, ly = lr_wcs.all_world2pix([hr_wcs.all_pix2world([[cx, cy]], 0)[0]], 0)[0]
-    load_psf(job["lr_image_psf"], job["lr_psf_type"], lr_scale, position=(lx + 1, ly + 1), **psf_options(job, "lr"))
-    _check_workdir(job["workdir"])
-    tile_dicts = []
-    for t in tiles:
-        d = {"tile_id": t.tile_id, "ix": t.ix, "iy": t.iy, "core": t.core, "padded": t.padded}
-        ra, dec = hr_wcs.all_pix2world([t.centre], 0)[0]
-        d["centre_radec"] = [float(ra), float(dec)]
-        lx, ly = lr_wcs.all_world2pix([[ra, dec]], 0)[0]
-        # where position-dependent (PSFEx) PSFs are evaluated: 1-based large-image pixels
-        d["psf_position"] = {"hr": [t.centre[0] + 1.0, t.centre[1] + 1.0], "lr": [float(lx) + 1.0, float(ly) + 1.0]}
-        tile_dicts.append(d)
-    return {
-        "jointphot_plan": PLAN_FORMAT,
-        "jointphot_version": __version__,
-        "job_file": os.path.abspath(job_file),
-        "job": job,
-        "job_hash": job_hash(job),
-        "hr": {"shape": list(hr_shape), "pixel_scale_arcsec": hr_scale},
-        "lr": {"shape": list(lr_shape), "pixel_scale_arcsec": lr_scale},
-        "astrometry_offsets_mas": offsets,
-        "grid": {"nx": max(t.ix for t in tiles) + 1, "ny": max(t.iy for t in tiles) + 1},
-        "tiles": tile_dicts,
-    }
+    scale = pixel_scale_arcsec(lr_wcs)
+    if not (np.isfinite(scale) and 0 < scale <= MAX_PIXEL_SCALE_ARCSEC):
+        raise JointphotError(_implausible_scale("lr_large_image_name", lr_path, scale))
+    _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, view)
+    return lr_wcs, lr_shape
+
+
+def _offsets(view, prefix):
+    """[dx, dy] astrometric offset [mas] of <prefix>_astrometry_correction_name (0, 0 without one)."""
+    key = f"{prefix}_astrometry_correction_name"
+    return list(read_offsets(view[key], key)) if view[key] else [0.0, 0.0]
+
+
+def band_plan(plan: Dict[str, Any], band: str) -> Dict[str, Any]:
+    """The plan as one LR band sees it: plan['job'] is band_job, plan['lr'] the band's image, and the LR
+    astrometric offset and PSF positions ('lr') are the band's."""
+    if band not in plan["bands"]:
+        raise JointphotError(f"band {band!r} is not in this job (bands: {', '.join(plan['bands'])})")
+    offsets = plan["astrometry_offsets_mas"]
+    return dict(plan, job=band_job(plan["job"], band), lr=plan["bands"][band],
+                astrometry_offsets_mas={"hr": offsets["hr"], "lr": offsets[band]},
+                tiles=[dict(t, psf_position={"hr": t["psf_position"]["hr"], "lr": t["psf_position"][band]})
+                       for t in plan["tiles"]])
 
 
 def _check_variance(hdu, path):
@@ -151,12 +189,17 @@ def _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job):
                                  f"{job['lr_large_image_name']!r} do not overlap on the sky (check their WCS)")
 
 
+#: Job keys that name input files (their sizes and times enter the job hash).
+FILE_KEYS = ("hr_large_image_name", "lr_large_image_name", "hr_large_image_wht_name", "hr_image_psf", "lr_image_psf",
+             "hr_astrometry_correction_name", "lr_astrometry_correction_name")
+
+
 def job_hash(job: Dict[str, Any]) -> str:
     """Short hash of the job parameters and the input files' sizes and times (for re-use checks)."""
     h = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
-    for key in ("hr_large_image_name", "lr_large_image_name", "hr_large_image_wht_name", "hr_image_psf", "lr_image_psf",
-                "hr_astrometry_correction_name", "lr_astrometry_correction_name"):
-        path = job.get(key)
+    views = [job] + list(job.get("lr_bands", []))
+    for view, key in ((v, k) for v in views for k in FILE_KEYS):
+        path = view.get(key)
         if isinstance(path, str) and os.path.exists(path):
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -175,6 +218,7 @@ def load(path: str) -> Dict[str, Any]:
         if raw.get("jointphot_plan") != PLAN_FORMAT:
             raise JointphotError(f"plan file {path!r} has format {raw.get('jointphot_plan')!r}, this jointphot "
                                  f"reads format {PLAN_FORMAT}: re-run `jointphot plan` on the job file")
+        raw["bands"] = {name: raw["bands"][name] for name in band_names(raw["job"])}   # the job's order (JSON sorts keys)
         return raw
     return make_plan(load_job(path), path)
 
@@ -208,6 +252,11 @@ def tile_dir(plan: Dict[str, Any], tile_id: int) -> str:
 def tile_path(directory: str, tile_id: int, product: str) -> str:
     """Path of a per-tile product, e.g. tile_path(d, 3, 'hr_fit') -> d/t0003_hr_fit.fits."""
     return os.path.join(directory, f"t{tile_id:04d}_{product}.fits")
+
+
+def band_product(band: str, what: str) -> str:
+    """Product name of an LR band's per-tile file: 'cutout', 'fit' or 'images' (e.g. 'g_fit')."""
+    return f"{band}_{what}"
 
 
 def parse_tiles(spec: str, n_tiles: int) -> List[int]:

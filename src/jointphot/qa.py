@@ -25,7 +25,7 @@ from astropy.table import Table
 
 from . import conventions as cv
 from .errors import JointphotError
-from .plan import tile_dir, tile_path
+from .plan import band_plan, band_product, tile_dir, tile_path
 
 log = logging.getLogger("jointphot.qa")
 
@@ -52,7 +52,7 @@ def require_matplotlib():
 def tile_statuses(plan, tile_ids: Optional[Iterable[int]] = None) -> Dict[int, str]:
     """{tile_id: 'ok' | 'failed' | 'missing'} from the tile directories of this job.
 
-    ok: the tile catalogue tNNNN_lr_fit.fits exists and its last run (tNNNN_status.json, when
+    ok: the tile catalogue of every band (tNNNN_<band>_fit.fits) exists and its last run (tNNNN_status.json, when
     present) succeeded for this job; failed: the last run for this job failed; missing: not run
     (or run for another version of the job).
     """
@@ -69,9 +69,10 @@ def tile_statuses(plan, tile_ids: Optional[Iterable[int]] = None) -> Dict[int, s
             pass
         if status is not None and status.get("job_hash") not in (None, plan["job_hash"]):
             status = None                     # a run of another job
-        marker = read_marker(directory, t, "fit-lr")
-        current = marker is None or marker.get("job_hash") == plan["job_hash"]
-        has_catalogue = os.path.exists(tile_path(directory, t, "lr_fit")) and current
+        markers = [read_marker(directory, t, "fit-lr", b) for b in plan["bands"]]
+        current = all(m is None or m.get("job_hash") == plan["job_hash"] for m in markers)
+        has_catalogue = current and all(os.path.exists(tile_path(directory, t, band_product(b, "fit")))
+                                        for b in plan["bands"])
         if status is not None and not status.get("ok", False):
             out[t] = "failed"
         elif has_catalogue:
@@ -117,7 +118,8 @@ def _read(path, names):
 
 
 def tile_images(plan, tile_id: int) -> Dict:
-    """Arrays of a finished tile: HR and LR image/model/residual and inverse variance (as fitted).
+    """Arrays of a finished tile: HR and LR image/model/residual and inverse variance (as fitted); LR: the
+    band of `plan` (plan.band_plan).
 
     HR weight: WHT of the cutout times JP_WFAC; LR weight: JP_WFACL / VARIANCE where the LR fit
     used the pixel (its written residual is exactly 0 elsewhere), else 0.
@@ -127,10 +129,13 @@ def tile_images(plan, tile_id: int) -> Dict:
     with fits.open(tile_path(d, tile_id, "hr_images")) as hdul:
         wfac = float(hdul[0].header.get("JP_WFAC", 1.0))
     (wht,), _ = _read(tile_path(d, tile_id, "hr_cutout"), ("WHT",))
-    (limg, lmod, lres), (lh, _, _) = _read(tile_path(d, tile_id, "lr_images"), ("IMAGE", "MODEL", "RESIDUAL"))
-    with fits.open(tile_path(d, tile_id, "lr_images")) as hdul:
+    band = plan["job"]["lr_band"]
+    (limg, lmod, lres), (lh, _, _) = _read(tile_path(d, tile_id, band_product(band, "images")),
+                                           ("IMAGE", "MODEL", "RESIDUAL"))
+    with fits.open(tile_path(d, tile_id, band_product(band, "images"))) as hdul:
         wfacl = float(hdul[0].header.get("JP_WFACL", 1.0))
-    (cimg, mask, var), (_, mask_header, _) = _read(tile_path(d, tile_id, "lr_cutout"), ("IMAGE", "MASK", "VARIANCE"))
+    (cimg, mask, var), (_, mask_header, _) = _read(tile_path(d, tile_id, band_product(band, "cutout")),
+                                                   ("IMAGE", "MASK", "VARIANCE"))
     (seg,), _ = _read(tile_path(d, tile_id, "hr_detections"), ("SEGMAP",))
     var = np.asarray(var, float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -199,7 +204,8 @@ def load_catalogue(plan, catalog: Optional[str] = None) -> Table:
             return Table(hdul[1].data)
     from .merge import merge_tables, read_tile_catalogues
     statuses = tile_statuses(plan)
-    files = [tile_path(tile_dir(plan, t), t, "lr_fit") for t, s in statuses.items() if s == "ok"]
+    files = [tile_path(tile_dir(plan, t), t, band_product(b, "fit")) for t, s in statuses.items() if s == "ok"
+             for b in plan["bands"]]
     tables = read_tile_catalogues(plan, files)
     return merge_tables(plan, tables) if tables else Table()
 
@@ -250,9 +256,9 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     im = images or tile_images(plan, tile_id)
     stats = stats or tile_residuals(plan, tile_id, im)
     d = tile_dir(plan, tile_id)
-    with fits.open(tile_path(d, tile_id, "lr_fit")) as hdul:
-        table = Table(hdul["LR_FIT"].data)
     band = plan["job"]["lr_band"]
+    with fits.open(tile_path(d, tile_id, band_product(band, "fit"))) as hdul:
+        table = Table(hdul["LR_FIT"].data)
     fig = Figure(figsize=(15, 10), dpi=100)
     axes = fig.subplots(2, 3)
     core = plan["tiles"][tile_id]["core"]
@@ -514,7 +520,9 @@ def _qa_tile(plan, tile_id: int, png: str, draw: bool, force: bool):
     stats = tile_residuals(plan, tile_id, images)
     if not draw:
         return tile_id, stats, None, ""
-    newest = max(os.path.getmtime(tile_path(d, tile_id, p)) for p in ("lr_fit", "lr_images", "hr_images"))
+    band = plan["job"]["lr_band"]
+    newest = max(os.path.getmtime(tile_path(d, tile_id, p))
+                 for p in (band_product(band, "fit"), band_product(band, "images"), "hr_images"))
     if force or not os.path.exists(png) or os.path.getmtime(png) < newest:
         draw_tile(plan, tile_id, png, images, stats)
     return tile_id, stats, png, ""
@@ -533,6 +541,8 @@ def make_qa(plan, outdir: Optional[str] = None, tile_ids: Optional[List[int]] = 
     outdir = outdir or os.path.join(plan["job"]["workdir"], "qa")
     os.makedirs(outdir, exist_ok=True)
     statuses = tile_statuses(plan)
+    table = load_catalogue(plan, catalog)
+    plan = band_plan(plan, next(iter(plan["bands"])))    # the pictures show the first LR band
     wanted = set(statuses) if tile_ids is None else set(tile_ids)
     todo = [(t, os.path.join(outdir, f"tile_{t:04d}.png"), t in wanted) for t in sorted(statuses)
             if statuses[t] == "ok"]
@@ -550,7 +560,6 @@ def make_qa(plan, outdir: Optional[str] = None, tile_ids: Optional[List[int]] = 
             residuals[t] = stats
         if png is not None:
             pngs[t] = png
-    table = load_catalogue(plan, catalog)
     summary_png = draw_summary(plan, os.path.join(outdir, "summary.png"), statuses, table, residuals)
     page = write_html(plan, os.path.join(outdir, "summary.html"), statuses, residuals, pngs,
                       catalogue_summary(table, plan["job"]["lr_band"]))

@@ -599,6 +599,101 @@ def warp_kernel(dx, dy):
     return kernel / math.sqrt(np.sum(kernel ** 2))
 
 
+#: Extra LR bands of `add_band` (jointphot simulate --extra-bands): each differs from the main LR band
+#: ('lr') in pixel scale, rotation, PSF, depth, zeropoint, astrometric offset and footprint (the part
+#: of the HR field it covers: x and y ranges as fractions of the field, from its lower-left corner).
+#: A source's flux in a band is its LR flux times 10**(-0.4 colour), colour ~ N(mean, sigma) per source.
+EXTRA_BANDS = {
+    "g": {"pixel_scale": 0.2, "rotation_deg": 30.0, "fwhm_arcsec": 0.8, "moffat_beta": 2.5, "depth_mag": 25.6,
+          "zp": 27.5, "offset_mas": (20.0, -35.0), "footprint": ((0.3, 1.0), (0.0, 1.0)), "colour": (0.3, 0.3)},
+    "z": {"pixel_scale": 0.22, "rotation_deg": -15.0, "fwhm_arcsec": 0.75, "moffat_beta": 3.5, "depth_mag": 25.0,
+          "zp": 26.5, "offset_mas": (-10.0, 25.0), "footprint": ((0.0, 1.0), (0.0, 0.75)), "colour": (-0.2, 0.3)},
+}
+
+
+def add_band(outdir, band, *, seed=1):
+    """Draw LR band `band` (EXTRA_BANDS) of the field simulated in `outdir`: <band>.fits (IMAGE, MASK,
+    VARIANCE; white noise), <band>_psf.fits and .psf (the whole Moffat PSF), <band>_astro.txt; the truth
+    gains <band>_flux [band counts], <band>_snr, x_<band>, y_<band> (0-based pixels) and <band>_covered;
+    job.json gains the band in lr_bands (the main LR band first, as 'lr').  Galaxies keep their LR shape
+    (composites their LR colour gradient)."""
+    import galsim
+
+    spec = EXTRA_BANDS[band]
+    paths = {name: os.path.join(outdir, fname) for name, fname in (
+        ("image", f"{band}.fits"), ("psf", f"{band}_psf.fits"), ("psfex", f"{band}_psf.psf"),
+        ("astro", f"{band}_astro.txt"), ("truth", "truth.fits"), ("job", "job.json"), ("hr", "hr.fits"))}
+    rng = np.random.default_rng([seed, sum(map(ord, band))])
+    with fits.open(paths["truth"]) as hdul:
+        truth = hdul["TRUTH"].data
+        truth_header = hdul["TRUTH"].header.copy()
+    with fits.open(paths["hr"]) as hdul:
+        n_hr = hdul[0].header["NAXIS1"]
+    size = n_hr * HR_SCALE
+    scale = spec["pixel_scale"]
+    (fx0, fx1), (fy0, fy1) = spec["footprint"]
+    # the band's pixel grid covers the footprint (HR field arcsec from its lower-left corner) plus a margin
+    theta = math.radians(spec["rotation_deg"])
+    width, height = (fx1 - fx0) * size, (fy1 - fy0) * size
+    span = (width * abs(math.cos(theta)) + height * abs(math.sin(theta)) + 2 * LR_MARGIN,
+            width * abs(math.sin(theta)) + height * abs(math.cos(theta)) + 2 * LR_MARGIN)
+    nx, ny = (int(math.ceil(v / scale)) + 1 for v in span)
+    hr_wcs = _tan_wcs(n_hr, n_hr, HR_SCALE, 0.0, ((n_hr + 1) / 2.0, (n_hr + 1) / 2.0))
+    centre = hr_wcs.wcs_pix2world([[(fx0 + fx1) / 2 * n_hr - 0.5, (fy0 + fy1) / 2 * n_hr - 0.5]], 0)[0]
+    wcs = _tan_wcs(nx, ny, scale, spec["rotation_deg"], ((nx + 1) / 2.0, (ny + 1) / 2.0))
+    wcs.wcs.crval = [float(centre[0]), float(centre[1])]
+    psf = galsim.Moffat(beta=spec["moffat_beta"], fwhm=spec["fwhm_arcsec"],
+                        trunc=psf_stamp_half(spec["fwhm_arcsec"], scale) * scale)
+    epsf, _ = _write_psf_files(galsim, psf, scale, spec["fwhm_arcsec"], paths["psf"], paths["psfex"],
+                               light_fraction=1.0, polnames=["X_IMAGE", "Y_IMAGE"], polzero=[(nx + 1) / 2.0,
+                               (ny + 1) / 2.0], polscal=[float(nx), float(ny)], poldeg=2)
+    sigma = _sigma_for_depth(spec["depth_mag"], spec["zp"], epsf)
+    mean, spread = spec["colour"]
+    colour = rng.normal(mean, spread, len(truth))
+    flux = truth["lr_flux"] * 10.0 ** (0.4 * (spec["zp"] - LR_ZP - colour))
+    x, y = wcs.wcs_world2pix(*conventions.reference_to_image(truth["ra"], truth["dec"], spec["offset_mas"]), 0)
+    covered = (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
+    image = galsim.ImageD(nx, ny)
+    jac = _galsim_jacobian(galsim, wcs)
+    snr = np.zeros(len(truth))
+    names = truth.columns.names
+    for i, row in enumerate(truth):
+        if row["kind"] == "point":
+            profile, radius = galsim.DeltaFunction(), 0.0
+        else:
+            _, profile, radius = galaxy_profiles(galsim, {k: row[k] for k in names})
+        stamp = _draw(galsim, profile, psf, flux[i], jac, image, x[i], y[i],
+                      radius + (psf_stamp_half(spec["fwhm_arcsec"], scale) + 1) * scale, scale)
+        if stamp is not None:
+            image[stamp.bounds] += stamp
+            snr[i] = matched_filter_snr(stamp.array / sigma, np.ones((1, 1)))
+    data = image.array + rng.standard_normal((ny, nx)) * sigma
+    _write_lr(paths["image"], wcs, data.astype(np.float32), np.zeros((ny, nx), np.int32),
+              np.full((ny, nx), sigma ** 2, np.float32), seed, spec["zp"])
+    _write_offsets(paths["astro"], spec["offset_mas"], rng)
+    columns = [(c.name, truth[c.name], c.unit, truth_header.get(f"TCOMM{k}", ""))
+               for k, c in enumerate(truth.columns, start=1) if not c.name.startswith((f"{band}_", f"x_{band}", f"y_{band}"))]
+    columns += [(f"{band}_flux", flux, "count", f"total flux in {band}.fits counts (zeropoint {spec['zp']})"),
+                (f"{band}_snr", snr, None, f"{band} matched-filter S/N"),
+                (f"x_{band}", x, "pix", f"0-based x on {band}.fits IMAGE (offset applied)"),
+                (f"y_{band}", y, "pix", f"0-based y on {band}.fits IMAGE (offset applied)"),
+                (f"{band}_covered", covered, None, f"inside the {band} image")]
+    meta = {k: (truth_header[k], truth_header.comments[k]) for k in truth_header
+            if k not in ("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS", "EXTNAME")
+            and not k.startswith(("TTYPE", "TFORM", "TUNIT", "TCOMM"))}
+    meta[f"{band.upper()}_ZP"] = (spec["zp"], f"[mag] AB zeropoint of {band}.fits")
+    _write_truth(paths["truth"], meta, columns)
+    job = json.load(open(paths["job"]))
+    bands = [b for b in job.get("lr_bands", [{"lr_band": "lr"}]) if b["lr_band"] != band]
+    bands.append({"lr_band": band, "lr_large_image_name": os.path.basename(paths["image"]), "lr_zp": spec["zp"],
+                  "lr_image_psf": os.path.basename(paths["psfex"]), "lr_psf_type": "psfex",
+                  "lr_astrometry_correction_name": os.path.basename(paths["astro"])})
+    job["lr_bands"] = bands
+    with open(paths["job"], "w") as fh:
+        fh.write("{" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in job.items()) + "\n}\n")
+    return paths
+
+
 def _nearest_distance(x, y):
     """Distance (same units) from each point to its nearest neighbour (inf for a lone point)."""
     xy = np.c_[x, y]
@@ -607,12 +702,12 @@ def _nearest_distance(x, y):
     return cKDTree(xy).query(xy, k=2)[0][:, 1]
 
 
-def _write_lr(path, wcs, image, mask, variance, seed):
+def _write_lr(path, wcs, image, mask, variance, seed, zp=LR_ZP):
     """HSC-like MEF: header-only primary, IMAGE, MASK (MP_* keys), VARIANCE, all with the same WCS."""
     primary = fits.PrimaryHDU()
     primary.header["ORIGIN"] = ("jointphot simulate", "HSC-like simulated coadd")
     primary.header["SEED"] = seed
-    primary.header["FLUXMAG0"] = (10.0 ** (0.4 * LR_ZP), "counts of a 0 mag AB source")
+    primary.header["FLUXMAG0"] = (10.0 ** (0.4 * zp), "counts of a 0 mag AB source")
     hdus = [primary]
     for name, data in (("IMAGE", image), ("MASK", mask), ("VARIANCE", variance)):
         header = _wcs_header(wcs)

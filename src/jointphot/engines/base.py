@@ -35,8 +35,10 @@ SERSIC_N_RANGE = (0.5, 6.0)
 #: Smallest and largest axis ratio b/a.
 AB_RANGE = (0.05, 1.0)
 #: A source needs at least this fraction of its unit-flux model on pixels with invvar > 0 to
-#: get a flux in solve_fluxes (the model's far wings, or FFT round-off at ~1e-17, are no data).
-MIN_MODEL_ON_DATA = 1e-6
+#: get a flux in solve_fluxes: a band whose image edge, chip gap or mask leaves less of a source
+#: gives it NaN (flag LR_OFF_IMAGE), not a number made from its far wings (on a simulated band
+#: those ran from -5e4 to 7e3 counts for sources whose centres were off the image).
+MIN_MODEL_ON_DATA = 0.1
 
 
 @dataclasses.dataclass
