@@ -25,6 +25,7 @@ from astropy.table import Table
 
 from . import conventions as cv
 from .errors import JointphotError
+from .jobfile import band_names
 from .plan import band_plan, band_product, tile_dir, tile_path
 
 log = logging.getLogger("jointphot.qa")
@@ -345,13 +346,17 @@ def _save(fig, path):
             os.remove(tmp)
 
 
+#: Colours of the LR bands on the summary picture, in job order.
+BAND_COLOURS = ("#984ea3", "#e41a1c", "#377eb8", "#ff7f00", "#a65628", "#f781bf", "#17becf")
+
+
 def draw_summary(plan, path: str, statuses: Dict[int, str], table: Table, residuals: Dict[int, Dict]) -> str:
-    """summary.png: tile map by status, LR vs HR magnitude, flux error vs magnitude, residual statistics."""
+    """summary.png: tile map by status, each LR band's colour (band - HR) against HR magnitude, flux error
+    against magnitude (HR and every band), residual statistics per tile (HR and every band)."""
     require_matplotlib()
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
-    band = plan["job"]["lr_band"]
     fig = Figure(figsize=(14, 11.5), dpi=100)
     (ax_map, ax_mag), (ax_err, ax_res) = fig.subplots(2, 2)
     scale = plan["hr"]["pixel_scale_arcsec"]
@@ -382,56 +387,60 @@ def draw_summary(plan, path: str, statuses: Dict[int, str], table: Table, residu
     ax_map.legend(handles=[Patch(fc=c, ec="k", alpha=0.55, label=s) for s, c in STATUS_COLOURS.items()],
                   loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8)
 
-    summary = catalogue_summary(table, band)
+    bands = band_names(plan["job"])
+    band_colours = dict(zip(bands, BAND_COLOURS * (len(bands) // len(BAND_COLOURS) + 1)))
+    summaries = {b: catalogue_summary(table, b) for b in bands}
     if len(table):
         hr = np.asarray(table["hr_mag"], float)
-        lr = np.asarray(table[f"{band}_mag"], float)
         point = np.asarray(table["type"]).astype(str) == "psf"
         flagged = cv.is_flagged(table["flags"])
-        for sel, label, colour in ((point & ~flagged, "point", "#377eb8"), (~point & ~flagged, "galaxy", "#ff7f00"),
-                                   (flagged, "flagged", "#999999")):
-            ax_mag.scatter(hr[sel], lr[sel], s=10, c=colour, label=f"{label} ({int(np.sum(sel))})",
-                           lw=0, alpha=0.8)
-        fin = np.isfinite(hr) & np.isfinite(lr)
-        if not fin.any():
-            ax_mag.text(0.5, 0.5, "no source has both magnitudes", transform=ax_mag.transAxes, ha="center",
+        for b in bands:
+            colour = np.asarray(table[f"{b}_mag"], float) - hr
+            for sel, marker, kind in ((point & ~flagged, "o", "point"), (~point & ~flagged, "^", "galaxy")):
+                ax_mag.scatter(hr[sel], colour[sel], s=10, c=band_colours[b], marker=marker, lw=0, alpha=0.7,
+                               label=f"{b} {kind} ({int(np.sum(sel & np.isfinite(colour)))})")
+            if np.isfinite(summaries[b]["median_lr_minus_hr"]):
+                ax_mag.axhline(summaries[b]["median_lr_minus_hr"], c=band_colours[b], ls=":", lw=1.0,
+                               label=f"median {b} - HR {summaries[b]['median_lr_minus_hr']:+.2f}")
+            ax_mag.scatter(hr[flagged], colour[flagged], s=6, c="#999999", lw=0, alpha=0.6)
+        colours = np.concatenate([np.asarray(table[f"{b}_mag"], float) - hr for b in bands])
+        colours = colours[np.isfinite(colours)]
+        if not colours.size:
+            ax_mag.text(0.5, 0.5, "no source has an LR magnitude", transform=ax_mag.transAxes, ha="center",
                         va="center")
-            ax_mag.set_xticks([])
-            ax_mag.set_yticks([])
-        if fin.any():
-            lo, hi = np.nanmin(np.r_[hr[fin], lr[fin]]), np.nanmax(np.r_[hr[fin], lr[fin]])
-            ax_mag.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="LR = HR")
-            ax_mag.plot([lo, hi], [lo + summary["median_lr_minus_hr"], hi + summary["median_lr_minus_hr"]], "k:",
-                        lw=0.8, label=f"median LR-HR {summary['median_lr_minus_hr']:+.2f}")
-        for prefix, colour, name in (("hr", "#4daf4a", "HR"), (band, "#984ea3", f"LR ({band})")):
+        else:
+            lo, hi = np.percentile(colours, [1, 99])
+            ax_mag.set_ylim(lo - 0.5, hi + 0.5)     # the few faint outliers would squash the rest
+            ax_mag.legend(fontsize=7, ncol=2)
+        for prefix, colour, name in [("hr", "#4daf4a", "HR")] + [(b, band_colours[b], b) for b in bands]:
             m = np.asarray(table[f"{prefix}_mag"], float)
             e = np.asarray(table[f"{prefix}_flux_ujy_err"], float)
             ok = np.isfinite(m) & np.isfinite(e) & (e > 0)
             for sel, marker, kind in ((point, "o", "point"), (~point, "^", "galaxy")):
-                ax_err.scatter(m[ok & sel], e[ok & sel], s=14, c=colour, marker=marker, lw=0, alpha=0.8,
+                ax_err.scatter(m[ok & sel], e[ok & sel], s=12, c=colour, marker=marker, lw=0, alpha=0.7,
                                label=f"{name} {kind} ({int(np.sum(ok & sel))})")
         if ax_err.collections:
             ax_err.set_yscale("log")
-        if fin.any():
-            ax_mag.legend(fontsize=8)
-        if ax_err.collections:
-            ax_err.legend(fontsize=8)
+            ax_err.legend(fontsize=7, ncol=2)
     else:
         for ax in (ax_mag, ax_err):
             ax.text(0.5, 0.5, "no sources", transform=ax.transAxes, ha="center", va="center")
     ax_mag.set_xlabel("HR magnitude [AB]")
-    ax_mag.set_ylabel(f"LR ({band}) magnitude [AB]")
-    ax_mag.set_title(f"{summary['n']} sources, {summary['n_lr']} with an LR magnitude")
+    ax_mag.set_ylabel("LR band - HR [mag] (flagged: grey)")
+    ax_mag.set_title(f"{len(table)} sources; with a magnitude: "
+                     + ", ".join(f"{b} {v['n_lr']}" for b, v in summaries.items()))
     ax_err.set_xlabel("magnitude [AB]")
     ax_err.set_ylabel("flux error [uJy]")
     ax_err.set_title("flux error vs magnitude")
 
     ids = sorted(residuals)
     if ids:
-        for key, colour, name, dx in (("hr", "#4daf4a", "HR", -0.15), ("lr", "#984ea3", "LR", 0.15)):
-            sig = np.array([residuals[t][key]["sigma"] for t in ids])
-            med = np.array([residuals[t][key]["median"] for t in ids])
-            src = np.array([residuals[t][f"{key}_sources"]["sigma"] for t in ids])
+        keys = [("hr", "#4daf4a", "HR")] + [(b, band_colours[b], b) for b in bands]
+        for k, (key, colour, name) in enumerate(keys):
+            dx = 0.6 * (k / max(len(keys) - 1, 1) - 0.5)
+            sig = np.array([residuals[t].get(key, {}).get("sigma", np.nan) for t in ids])
+            med = np.array([residuals[t].get(key, {}).get("median", np.nan) for t in ids])
+            src = np.array([residuals[t].get(f"{key}_sources", {}).get("sigma", np.nan) for t in ids])
             x = np.array(ids, float) + dx
             ax_res.plot(x, sig, "o", c=colour, ms=5, label=f"{name} sigma, all pixels")
             ax_res.plot(x, src, "^", c=colour, ms=5, mfc="none", label=f"{name} sigma, source pixels")
@@ -454,8 +463,9 @@ def draw_summary(plan, path: str, statuses: Dict[int, str], table: Table, residu
 
 
 def write_html(plan, path: str, statuses: Dict[int, str], residuals: Dict[int, Dict], tile_pngs: Dict[int, str],
-               summary: Dict) -> str:
-    """summary.html: the summary picture and a table of the tiles (status, numbers, errors, links)."""
+               summaries: Dict[str, Dict]) -> str:
+    """summary.html: the summary picture and a table of the tiles (status, numbers, residual statistics of
+    HR and each LR band, errors, links); `summaries`: {band: catalogue_summary}."""
     from .images import write_text_atomic
     directory = os.path.dirname(os.path.abspath(path))
 
@@ -471,16 +481,21 @@ def write_html(plan, path: str, statuses: Dict[int, str], residuals: Dict[int, D
             continue
         st = read_status(plan, t)
         res = residuals.get(t, {})
-        hr, lr = res.get("hr", {}), res.get("lr", {})
+        bands_cells = "".join(f'<td>{num(res.get(b, {}).get("median"))}</td><td>{num(res.get(b, {}).get("sigma"))}</td>'
+                              for b in summaries)
         log_path = os.path.join(tile_dir(plan, t), f"t{t:04d}.log")
         picture = f'<a href="{rel(tile_pngs[t])}">picture</a>' if t in tile_pngs else ""
         log_link = f'<a href="{rel(log_path)}">log</a>' if os.path.exists(log_path) else ""
         rows.append(
             f'<tr class="{statuses[t]}"><td>{t}</td><td>{statuses[t]}</td><td>{st.get("n_sources", "") if statuses[t] == "ok" else ""}</td>'
-            f'<td>{num(hr.get("median"))}</td><td>{num(hr.get("sigma"))}</td><td>{num(lr.get("median"))}</td>'
-            f'<td>{num(lr.get("sigma"))}</td><td>{num(st.get("seconds"), "{:.1f}")}</td>'
+            f'<td>{num(res.get("hr", {}).get("median"))}</td><td>{num(res.get("hr", {}).get("sigma"))}</td>{bands_cells}'
+            f'<td>{num(st.get("seconds"), "{:.1f}")}</td>'
             f'<td>{picture} {log_link}</td><td>{html.escape(st.get("error", "") or "")}</td></tr>')
     n = {s: sum(1 for v in statuses.values() if v == s) for s in STATUS_COLOURS}
+    summary = next(iter(summaries.values()))
+    per_band = "; ".join(f"{html.escape(b)}: {v['n_lr']} with a magnitude, median {html.escape(b)} - HR "
+                         f"{num(v['median_lr_minus_hr'], '{:+.3f}')}" for b, v in summaries.items())
+    band_heads = "".join(f"<th>{html.escape(b)} chi median</th><th>{html.escape(b)} chi sigma</th>" for b in summaries)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>jointphot QA</title>
 <style>
@@ -497,12 +512,12 @@ img {{ max-width: 100%; }}
 <p>Job: {html.escape(plan['job_file'])}<br>
 Tiles: {n['ok']} ok, {n['failed']} failed, {n['missing']} missing (of {len(statuses)});
 sources: {summary['n']} ({summary['n_point']} point, {summary['n_flagged']} flagged, {summary['n_lr']} with an LR
-magnitude); median LR - HR magnitude: {num(summary['median_lr_minus_hr'], '{:+.3f}')}.</p>
+magnitude in the first band); LR bands: {per_band}.</p>
 <p><img src="{rel(os.path.join(directory, 'summary.png'))}" alt="summary"></p>
 <h2>Tiles</h2>
 <p>chi = residual / noise over the fitted pixels: median and robust sigma (1.4826 MAD); pure noise gives 0 and 1.</p>
 <table><tr><th>tile</th><th>status</th><th>sources</th><th>HR chi median</th><th>HR chi sigma</th>
-<th>LR chi median</th><th>LR chi sigma</th><th>seconds</th><th>files</th><th>error</th></tr>
+{band_heads}<th>seconds</th><th>files</th><th>error</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
@@ -511,20 +526,26 @@ magnitude); median LR - HR magnitude: {num(summary['median_lr_minus_hr'], '{:+.3
 
 
 def _qa_tile(plan, tile_id: int, png: str, draw: bool, force: bool):
-    """(tile_id, residual statistics or None, png or None, warning) of one finished tile."""
+    """(tile_id, residual statistics or None, png or None, warning) of one finished tile.  Statistics:
+    tile_residuals' hr and hr_sources, and per LR band <band> and <band>_sources; the picture shows the
+    first band."""
     d = tile_dir(plan, tile_id)
+    bands = band_names(plan["job"])
     try:
-        images = tile_images(plan, tile_id)
+        images = {b: tile_images(band_plan(plan, b), tile_id) for b in bands}
     except (OSError, KeyError, ValueError) as exc:
         return tile_id, None, None, f"tile {tile_id}: no QA numbers: its products cannot be read ({exc})"
-    stats = tile_residuals(plan, tile_id, images)
+    stats = {}
+    for b in bands:
+        res = tile_residuals(band_plan(plan, b), tile_id, images[b])
+        stats.update(hr=res["hr"], hr_sources=res["hr_sources"], **{b: res["lr"], f"{b}_sources": res["lr_sources"]})
     if not draw:
         return tile_id, stats, None, ""
-    band = plan["job"]["lr_band"]
+    first = band_plan(plan, bands[0])
     newest = max(os.path.getmtime(tile_path(d, tile_id, p))
-                 for p in (band_product(band, "fit"), band_product(band, "images"), "hr_images"))
+                 for p in (band_product(bands[0], "fit"), band_product(bands[0], "images"), "hr_images"))
     if force or not os.path.exists(png) or os.path.getmtime(png) < newest:
-        draw_tile(plan, tile_id, png, images, stats)
+        draw_tile(first, tile_id, png, images[bands[0]], tile_residuals(first, tile_id, images[bands[0]]))
     return tile_id, stats, png, ""
 
 
@@ -542,7 +563,6 @@ def make_qa(plan, outdir: Optional[str] = None, tile_ids: Optional[List[int]] = 
     os.makedirs(outdir, exist_ok=True)
     statuses = tile_statuses(plan)
     table = load_catalogue(plan, catalog)
-    plan = band_plan(plan, next(iter(plan["bands"])))    # the pictures show the first LR band
     wanted = set(statuses) if tile_ids is None else set(tile_ids)
     todo = [(t, os.path.join(outdir, f"tile_{t:04d}.png"), t in wanted) for t in sorted(statuses)
             if statuses[t] == "ok"]
@@ -562,5 +582,5 @@ def make_qa(plan, outdir: Optional[str] = None, tile_ids: Optional[List[int]] = 
             pngs[t] = png
     summary_png = draw_summary(plan, os.path.join(outdir, "summary.png"), statuses, table, residuals)
     page = write_html(plan, os.path.join(outdir, "summary.html"), statuses, residuals, pngs,
-                      catalogue_summary(table, plan["job"]["lr_band"]))
+                      {b: catalogue_summary(table, b) for b in band_names(plan["job"])})
     return {"tiles": pngs, "summary": summary_png, "html": page, "statuses": statuses, "residuals": residuals}
