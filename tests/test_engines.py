@@ -133,6 +133,56 @@ def test_sersic_fluxes_are_unbiased_with_full_covariance_errors(engine):
     assert np.median(ratio_diag) > 1.5
 
 
+def test_bulge_disc_renders_like_galsim(engine):
+    """comp: an exponential disc plus a de Vaucouleurs bulge on one ellipse (fracdev, re_ratio)."""
+    sigma = 1.8
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    src = Source("comp", 40.3, 38.6, 1000.0, re=8.0, ab=0.5, phi=30.0, fracdev=0.35, re_ratio=0.25)
+    shape = (81, 81)
+    truth = truthcheck.galsim_image(shape, [src], psf_sigma=sigma)
+    model = engine.render(shape, psf, [src])
+    assert np.abs(model - truth).max() / truth.max() < 0.03
+    assert abs(model.sum() - truth.sum()) / truth.sum() < 2e-3
+    for wrong in (src.copy(fracdev=0.15), src.copy(re_ratio=0.5)):
+        assert np.abs(engine.render(shape, psf, [wrong]) - truth).max() / truth.max() > 0.1
+
+
+def test_bulge_disc_fluxes_are_unbiased_where_a_sersic_is_not(engine):
+    """Bulge + disc galaxies drawn by GalSim (fracdev 0.1-0.6, bulge r_e 0.1-0.4 disc r_e), S/N 40-80:
+    fitted as comp from a perturbed start the fluxes are unbiased (< 1 %) with chi sigma 0.8-1.25; a
+    single Sersic fitted to the same images is biased high (its wings run beyond the disc)."""
+    rng = np.random.default_rng(17)
+    sigma = 1.5
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    shape = (60, 60)
+    chi, ratio, sersic_ratio = [], [], []
+    for i in range(150):
+        re, ab = rng.uniform(3.0, 6.0), rng.uniform(0.4, 1.0)
+        truth = Source("comp", 29.5 + rng.uniform(-0.5, 0.5), 29.5 + rng.uniform(-0.5, 0.5), 1000.0, re=re, ab=ab,
+                       phi=rng.uniform(-90, 90), fracdev=rng.uniform(0.1, 0.6), re_ratio=rng.uniform(0.1, 0.4))
+        image = truthcheck.galsim_image(shape, [truth], psf_sigma=sigma)
+        area = 4 * math.pi * (re * re * ab + sigma * sigma)
+        noise = truth.flux / rng.uniform(40.0, 80.0) / math.sqrt(area)
+        image = image + rng.normal(0, noise, shape)
+        invvar = np.full(shape, noise ** -2)
+        start = truth.copy(x=truth.x + rng.normal(0, 0.3), y=truth.y + rng.normal(0, 0.3),
+                           flux=truth.flux * rng.uniform(0.7, 1.3), re=re * rng.uniform(0.7, 1.4),
+                           ab=float(np.clip(ab * rng.uniform(0.8, 1.2), 0.2, 1.0)), phi=truth.phi + rng.normal(0, 15),
+                           fracdev=0.3, re_ratio=0.3)
+        fit = engine.fit_group(image, invvar, psf, [start], max_iter=60)
+        s, e = fit.sources[0], fit.errors[0]
+        assert {"x", "y", "flux", "re", "ab", "phi", "fracdev"} <= set(e)
+        chi.append((s.flux - truth.flux) / e["flux"])
+        ratio.append(s.flux / truth.flux)
+        if i < 50:
+            ser = engine.fit_group(image, invvar, psf, [start.copy(kind="sersic", n=2.0)], max_iter=60)
+            sersic_ratio.append(ser.sources[0].flux / truth.flux)
+    med, rsig, _ = truthcheck.robust_stats(chi)
+    print(f"bulge + disc: comp flux ratio median {np.median(ratio):.4f}, chi median {med:+.3f} robust sigma "
+          f"{rsig:.3f}; a Sersic fitted instead: flux ratio median {np.median(sersic_ratio):.4f}")
+    assert abs(np.median(ratio) - 1) < 0.01 and abs(med) < 0.2 and 0.8 < rsig < 1.25
+    assert np.median(sersic_ratio) > 1.02
+
 
 # --- group fit bookkeeping ------------------------------------------------------------------
 

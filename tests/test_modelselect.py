@@ -26,14 +26,19 @@ import truthcheck  # noqa: E402
     ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.25002e5}, "dev"),
     ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.2503e5}, "sersic"),
     ({"point": 2.25e6, "rex": 2.42e6, "dev": 2.435e6, "exp": 2.42e6}, "dev"),  # rex -> dev: no 1 % cut
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.25002e5, "comp": 1.250035e5}, "dev"),
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.25002e5, "comp": 1.250045e5}, "comp"),
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.2503e5, "comp": 1.25031e5}, "sersic"),
+    ({"point": 1e5, "rex": 1.2e5, "dev": 1.25e5, "exp": 1.21e5, "sersic": 1.2503e5, "comp": 1.25033e5}, "comp"),
+    ({"point": 100.0, "rex": 110.0, "comp": 200.0}, "rex"),                    # comp only follows a galaxy
 ])
 def test_select_model_follows_the_legacy_surveys_rules(dchisq, kind):
     assert ms.select_model(dchisq) == kind
 
 
 def test_dchisq_vector_is_in_the_legacy_surveys_order():
-    v = ms.dchisq_vector({"point": 1.0, "rex": 2.0, "dev": 3.0, "exp": 4.0})
-    assert list(v[:4]) == [1.0, 2.0, 3.0, 4.0] and np.isnan(v[4])
+    v = ms.dchisq_vector({"point": 1.0, "rex": 2.0, "dev": 3.0, "exp": 4.0, "comp": 6.0})
+    assert list(v[:4]) == [1.0, 2.0, 3.0, 4.0] and np.isnan(v[4]) and v[5] == 6.0
 
 
 @pytest.mark.parametrize("truth,kinds", [
@@ -68,3 +73,26 @@ def test_model_choice_variance_weighs_the_candidates_by_their_akaike_weights():
     # exp and dev: equal weights; rex: exp(-(100 - 4) / 2) ~ 1e-21; psf: nothing
     assert ms.model_choice_variance(dchisq, fluxes, "exp") == pytest.approx(0.5 * 20.0 ** 2, rel=1e-9)
     assert ms.model_choice_variance({"point": 1e4, "rex": 10.0}, {"point": 5.0, "rex": 9.0}, "point") == 0.0
+
+
+@pytest.mark.parametrize("truth,kind", [
+    (Source("comp", 25.3, 24.8, 2.0e4, re=6.0, ab=0.6, phi=30.0, fracdev=0.4, re_ratio=0.2), "comp"),
+    (Source("sersic", 25.3, 24.8, 2.0e4, re=4.0, ab=0.6, phi=30.0, n=1.0), "sersic"),
+    (Source("sersic", 25.3, 24.8, 2.0e4, re=4.0, ab=0.6, phi=30.0, n=2.5), "sersic"),
+], ids=["bulge-disc", "exp-disc", "sersic-2.5"])
+def test_hr_models_sersic_keeps_a_bulge_disc_as_comp_and_a_sersic_as_ser(truth, kind):
+    """hr_models 'sersic': every Sersic galaxy is tried as a bulge + disc; a GalSim bulge + disc (S/N ~ 500)
+    becomes a comp with its flux within 1 %, single Sersic profiles stay ser (a comp at fracdev 0 is an exp)."""
+    sigma = 1.5
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    shape = (61, 61)
+    rng = np.random.default_rng(4)
+    image = truthcheck.galsim_image(shape, [truth], psf_sigma=sigma) + rng.normal(0.0, 1.0, shape)
+    segmap = np.zeros(shape, np.int32)
+    segmap[10:41, 10:41] = 1
+    job = {"hr_compl_niter": 15, "hr_ps_niter": 5, "hr_models": "sersic"}
+    fitter = GroupFitter(image, np.ones(shape), segmap, np.array([1]), np.array([40.0]), psf, NativeEngine(), job)
+    start = Source("sersic", truth.x + 0.3, truth.y - 0.2, truth.flux * 0.8, re=3.0, ab=0.8, phi=0.0, n=2.0)
+    (res,) = fitter.fit_group([start], [0], choose=False)
+    assert res.source.kind == kind, res.source
+    assert abs(res.source.flux / truth.flux - 1) < 0.01, res.source

@@ -213,13 +213,18 @@ def galsim_sersic(n, half_light_radius, flux):
 def galsim_image(shape, sources, psf_sigma):
     """Noiseless GalSim image of `sources` (base.Source, pixel frame, fluxes in counts)
     through a Gaussian PSF of `psf_sigma` [px], pixel-integrated by GalSim.  Galaxies are
-    GalSim Sersic profiles cut at models.TRUNCATION_RADIUS r_e (jointphot's convention)."""
+    GalSim Sersic profiles cut at models.TRUNCATION_RADIUS r_e (jointphot's convention); a comp is
+    the sum of its disc and bulge profiles."""
     import galsim
     im = galsim.ImageD(shape[1], shape[0], scale=1.0)
     cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
     for s in sources:
         if s.kind == "point":
             prof = galsim.DeltaFunction(flux=s.flux)
+        elif s.kind == "comp":      # exponential disc + de Vaucouleurs bulge on one ellipse
+            disc = galsim_sersic(1.0, s.re * math.sqrt(s.ab), s.flux * (1 - s.fracdev))
+            bulge = galsim_sersic(4.0, s.re * s.re_ratio * math.sqrt(s.ab), s.flux * s.fracdev)
+            prof = galsim.Add(disc, bulge).shear(q=s.ab, beta=s.phi * galsim.degrees)
         else:
             n = {"exp": 1.0, "rex": 1.0, "dev": 4.0}.get(s.kind, s.n)
             hlr = s.re * math.sqrt(s.ab)

@@ -19,7 +19,7 @@ COLUMNS = {
     "id": ("", "unique source id = tile_id * 100000 + number"),
     "tile_id": ("", "tile that measured (owns) the source"),
     "number": ("", "SExtractor NUMBER within the tile"),
-    "type": ("", "model chosen by the fit: psf, rex, exp, dev or ser (see Models below)"),
+    "type": ("", "model chosen by the fit: psf, rex, exp, dev, ser or comp (see Models below)"),
     "x": ("pix", "HR position in the tile cutout, 0-based"),
     "y": ("pix", "HR position in the tile cutout, 0-based"),
     "x_err": ("pix", "1-sigma error of x"),
@@ -40,17 +40,22 @@ COLUMNS = {
     "ab_err": ("", "1-sigma error of ab"),
     "phi_pix": ("deg", "major-axis angle in the HR pixel frame, counter-clockwise from +x"),
     "pa_deg": ("deg", "position angle of the major axis, east of north, [0, 180)"),
-    "sersic_n": ("", "Sersic index (NaN for psf; 1 exp, 4 dev)"),
+    "sersic_n": ("", "Sersic index (NaN for psf and comp; 1 exp, 4 dev)"),
     "sersic_n_err": ("", "1-sigma error of sersic_n"),
+    "fracdev": ("", "comp: fraction of the flux in the de Vaucouleurs bulge (NaN for other types)"),
+    "fracdev_err": ("", "1-sigma error of fracdev"),
+    "re_ratio": ("", "comp: bulge half-light radius / disc half-light radius re_pix (same ellipse; NaN for other "
+                     "types)"),
     "hr_chi2_dof": ("", "chi^2 per degree of freedom of the source's HR group fit"),
     "hr_niter": ("", "optimiser steps taken by the HR group fit"),
     "hr_converged": ("", "HR fit converged (dlnp < 1e-3 before the iteration limit)"),
     "group_id": ("", "HR fit group within the tile"),
     "group_size": ("", "sources fitted together in the HR group"),
-    "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser "
+    "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser, comp "
                    "(NaN: not fitted), divided by the noise's variance factor for a point source"),
     "hr_param_cov": ("", "HR parameter covariance, 7x7 row-major in the order x, y [pix], flux [count], "
-                         "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks)"),
+                         "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks; comp: the disc's re, "
+                         "fracdev and re_ratio not included)"),
     "flags": ("", "bit mask, see the flags table"),
     "sex_flux_auto": ("count", "SExtractor FLUX_AUTO on the HR image"),
     "sex_fluxerr_auto": ("count", "SExtractor FLUXERR_AUTO (no Poisson term)"),
@@ -130,7 +135,11 @@ def readme_text(table: Table, bands: List[str]) -> str:
         lines.append(f"{bit:6d}: {name}: {FLAG_MEANINGS[name]}")
     lines += ["", "Models (type; the Legacy Surveys' model types and selection rules, legacypipe oneblob.py):",
               "  psf: point source; rex: round exponential (r_e free, b/a = 1); exp: exponential (n = 1);",
-              "  dev: de Vaucouleurs (n = 4); ser: Sersic (n free, %.1f-%.1f).  Every galaxy profile is" % SERSIC_N_RANGE,
+              "  dev: de Vaucouleurs (n = 4); ser: Sersic (n free, %.1f-%.1f); comp: bulge + disc, an" % SERSIC_N_RANGE,
+              "  exponential disc (re_pix, ab, phi) plus a de Vaucouleurs bulge on the same ellipse with the",
+              "  fraction fracdev of the flux and half-light radius re_ratio x re_pix (DR7's COMP with the two",
+              "  shapes tied; hr_models sersic: tried for every ser galaxy, kept when chi^2 improves by > 2",
+              "  and it ends on no bound).  Every galaxy profile is",
               "  cut at %g r_e (as GalSim's Sersic(trunc=%g r_e); SDSS and the Tractor soften theirs to zero"
               % (TRUNCATION_RADIUS, TRUNCATION_RADIUS),
               "  between 7 and 8 r_e, 0.2-0.8 %% less light for n = 2-6): hr_flux and the LR fluxes are the",

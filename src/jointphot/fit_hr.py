@@ -40,9 +40,10 @@ from . import apcorr
 from .background import mesh_background
 from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
-from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, TYPE_OF_KIND, Source
+from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .modelselect import NPARAMS, dchisq_vector, galaxies_worth_trying, model_choice_variance, select_model
+from .modelselect import (DCHISQ_ORDER, NPARAMS, comp_margin, dchisq_vector, galaxies_worth_trying, model_choice_variance,
+                          select_model)
 from .noise import noise_model_from_hdu, variance_factor, white_noise
 from .plan import get_tile, tile_path, tile_psf
 
@@ -56,6 +57,9 @@ RESIDUAL_MIN_SEPARATION_FWHM = 1.5
 RESIDUAL_START_RE = 0.5
 #: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
 GALAXY_DCHI2 = 12.0
+#: Start of a comp (bulge + disc) refit: bulge flux fraction and bulge r_e / disc r_e.
+COMP_START_FRACDEV = 0.3
+COMP_START_RE_RATIO = 0.3
 #: A galaxy's r_e may not exceed this many times the radius sqrt(area / pi) of its detection segment ...
 RE_PER_SEGMENT_RADIUS = 3.0
 #: ... nor fall below this many PSF FWHM as an upper bound (small segments of faint sources).
@@ -95,6 +99,16 @@ def start_sources(cat, psf, job, pixel_scale) -> List[Source]:
         out.append(Source(kind, float(row["X_IMAGE"]) - 1, float(row["Y_IMAGE"]) - 1,
                           flux, float(re), ab, float(row["THETA_IMAGE"]), n))
     return out
+
+
+def row_source(row, flux=None) -> Source:
+    """The model Source of an HR fit row, in the tile cutout's pixel frame; flux [counts] the row's
+    hr_flux unless given."""
+    kind = KIND_OF_TYPE[row["type"]]
+    n = float(row["sersic_n"]) if np.isfinite(row["sersic_n"]) else 1.0
+    comp = dict(fracdev=float(row["fracdev"]), re_ratio=float(row["re_ratio"])) if kind == "comp" else {}
+    return Source(kind, float(row["x"]), float(row["y"]), float(row["hr_flux"] if flux is None else flux),
+                  float(row["re_pix"]), float(row["ab"]), float(row["phi_pix"]), n, **comp)
 
 
 def segment_re_max(segmap, numbers, fwhm_pix) -> np.ndarray:
@@ -207,9 +221,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
     table["flags"][len(table) - n_residual:] |= FLAGS["HR_RESIDUAL_DETECTION"]
-    model = engine.render(image.shape, psf, [Source(KIND_OF_TYPE[r["type"]], r["x"], r["y"],
-                                                    r["hr_flux"], r["re_pix"], r["ab"], r["phi_pix"], r["sersic_n"])
-                                             for r in table if np.isfinite(r["hr_flux"])])
+    model = engine.render(image.shape, psf, [row_source(r) for r in table if np.isfinite(r["hr_flux"])])
     stars = apcorr.chosen_stars(table, "hr_flux", "hr_flux_err")
     hr_apcor = apcorr.measure(image, invvar, model, table["x"][stars], table["y"][stars], table["hr_flux"][stars],
                               engine, psf, scale, correlation.correlation_sum)
@@ -382,6 +394,7 @@ class GroupFitter:
                                             re_max=re_max)
                 if self.job["hr_models"] == "sersic":
                     fit = self._point_sources_as_galaxies(img, ivar, starts, fit, re_max)
+                    fit = self._sersics_as_composites(img, ivar, fit, re_max)
                 else:
                     fit = self._simpler_where_bounded(img, ivar, starts, fit, re_max, members)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
@@ -426,6 +439,23 @@ class GroupFitter:
             alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self.job["hr_compl_niter"],
                                         re_max=re_max)
             if (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, fit.sources[k].copy(kind="point")) > GALAXY_DCHI2:
+                fit = alt
+        return fit
+
+    def _sersics_as_composites(self, img, ivar, fit, re_max):
+        """hr_models 'sersic': each Sersic galaxy refitted as a bulge + disc (comp, from the Sersic's
+        position, flux and ellipse), kept when chi^2 improves by more than modelselect.comp_margin and
+        neither its fracdev nor its shape ends on a bound (a comp at fracdev 0 or 1 is an exp or a dev).
+        A single Sersic fitted to a bulge + disc runs to n = 3-6 and extrapolates wings the galaxy
+        does not have (HR fluxes +6-12 %)."""
+        for k, s in enumerate(fit.sources):
+            if s.kind != "sersic":
+                continue
+            trial = list(fit.sources)
+            trial[k] = s.copy(kind="comp", fracdev=COMP_START_FRACDEV, re_ratio=COMP_START_RE_RATIO)
+            alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self._max_iter(trial), re_max=re_max)
+            gain = (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, s.copy(kind="point"))
+            if gain > comp_margin("sersic") and not alt.at_bound[k]:
                 fit = alt
         return fit
 
@@ -508,7 +538,9 @@ class GroupFitter:
             best = select_model(_within_bounds(dchisq, fits))
             if best in ("exp", "dev"):
                 fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
-                dchisq["sersic"] = (chi2_none - fits["sersic"].chi2) / factor
+                fit("comp", fits["exp"].sources[0].copy(kind="comp", fracdev=COMP_START_FRACDEV,
+                                                         re_ratio=COMP_START_RE_RATIO))
+                dchisq.update({k: (chi2_none - fits[k].chi2) / factor for k in ("sersic", "comp")})
         kind = select_model(_within_bounds(dchisq, fits))
         fluxes = {k: f.sources[0].flux for k, f in fits.items()}
         return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
@@ -545,11 +577,12 @@ def _near_coverage_edge(invvar, header, plan, distance_pix):
 
 
 def _padded_cov(cov):
-    """A source's parameter covariance as a 7x7 matrix in STANDARD_PARAMS order (NaN where absent)."""
+    """A source's parameter covariance as a 7x7 matrix in STANDARD_PARAMS order (NaN where absent; a
+    comp's fracdev and ln re_ratio are not kept)."""
     out = np.full((7, 7), np.nan)
     if cov is not None:
-        k = cov.shape[0]
-        out[:k, :k] = cov
+        k = 6 if cov.shape[0] == N_PARAMS["comp"] else cov.shape[0]
+        out[:k, :k] = cov[:k, :k]
     return out
 
 
@@ -591,7 +624,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t = Table()
     t["tile_id"] = np.full(n, tile_id, np.int32)
     t["number"] = np.asarray(cat["NUMBER"], np.int32)
-    t["type"] = np.array([TYPE_OF_KIND[s.kind] for s in srcs], dtype="U3")
+    t["type"] = np.array([TYPE_OF_KIND[s.kind] for s in srcs], dtype="U4")
     t["x"], t["y"] = xs, ys
     t["x_err"] = [e.get("x", np.nan) for e in errs]
     t["y_err"] = [e.get("y", np.nan) for e in errs]
@@ -609,6 +642,9 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["phi_pix"] = np.where(galaxy, [s.phi for s in srcs], 0.0)
     t["sersic_n"] = [s.n if s.kind == "sersic" else FIXED_SERSIC_N.get(s.kind) or np.nan for s in srcs]
     t["sersic_n_err"] = [e.get("n", np.nan) for e in errs]
+    t["fracdev"] = [s.fracdev if s.kind == "comp" else np.nan for s in srcs]
+    t["fracdev_err"] = [e.get("fracdev", np.nan) for e in errs]
+    t["re_ratio"] = [s.re_ratio if s.kind == "comp" else np.nan for s in srcs]
     t["hr_param_cov"] = np.array([_padded_cov(r.covariance) for r in results]).reshape(n, 49)
     re_as, pa = [], []
     for s in srcs:
@@ -623,7 +659,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["hr_converged"] = np.array([r.converged for r in results], bool)
     t["group_id"] = np.array([r.group_id for r in results], np.int32)
     t["group_size"] = np.array([r.group_size for r in results], np.int16)
-    t["dchisq"] = np.array([r.dchisq for r in results], float).reshape(n, 5)
+    t["dchisq"] = np.array([r.dchisq for r in results], float).reshape(n, len(DCHISQ_ORDER))
     t["hr_flux_err_model"] = np.sqrt([r.flux_var_model for r in results])
     t["flags"] = flags
     for col in ("FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO", "FLUX_RADIUS", "CLASS_STAR", "FLAGS"):

@@ -22,10 +22,11 @@ from astropy.table import Table
 
 from . import apcorr
 from . import conventions as cv
-from .engines.base import KIND_OF_TYPE, Source, from_standard, to_standard
+from .engines.base import Source, from_standard, to_standard
 from .background import sextractor_sky
 from .detect import tile_noise
 from .errors import JointphotError
+from .fit_hr import row_source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
 from .noise import variance_factor
@@ -63,14 +64,6 @@ def lr_weights(image, mask, variance, mask_header, planes, source):
         return np.where(good, 1.0 / variance, 0.0), from_header
 
 
-def hr_source(row) -> Source:
-    """An HR fit row as a unit-flux Source in the HR cutout's pixel frame."""
-    kind = KIND_OF_TYPE[row["type"]]
-    n = float(row["sersic_n"]) if np.isfinite(row["sersic_n"]) else 1.0
-    return Source(kind, float(row["x"]), float(row["y"]), 1.0, float(row["re_pix"]), float(row["ab"]),
-                  float(row["phi_pix"]), n)
-
-
 def to_lr_frame(src: Source, hr_wcs, lr_wcs, offsets_mas) -> Source:
     """An HR-frame source moved into the LR cutout's pixel frame.
 
@@ -103,7 +96,8 @@ def shape_propagation(src_hr: Source, cov, flux, to_lr, renderer: PSFRenderer, i
     covariance of the non-flux parameters, and the covariance with the HR flux is g C[:, flux].
     """
     v0 = to_standard(src_hr)
-    keep = [k for k in range(len(v0)) if k != 2]
+    n_cov = 6 if src_hr.kind == "comp" else len(v0)     # a comp's fracdev, re_ratio: not in the HR covariance
+    keep = [k for k in range(n_cov) if k != 2]
     c = cov[np.ix_(keep, keep)]
     c_flux = cov[keep, 2]
     if not (np.all(np.isfinite(c)) and np.all(np.isfinite(c_flux))):
@@ -168,7 +162,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     def to_lr(src):
         return to_lr_frame(src, hr_wcs, lr_wcs, offsets)
 
-    hr_sources = [hr_source(row) for row in fitted]
+    hr_sources = [row_source(row, flux=1.0) for row in fitted]
     sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
     flux = np.full(len(hr_table), np.nan)

@@ -226,6 +226,8 @@ class PSFRenderer:
         d stamp / d p for the source's base.STANDARD_PARAMS except flux (x, y [px];
         galaxies: ln re, e1, e2; Sersic: n).
         """
+        if src.kind == "comp":
+            return self._render_comp(src, half, with_gradient)
         ix, iy = int(np.floor(src.x + 0.5)), int(np.floor(src.y + 0.5))
         dx, dy = src.x - ix, src.y - iy
         amps, s2, cshape, comps = source_components(src)
@@ -303,6 +305,20 @@ class PSFRenderer:
         if with_gradient:
             return stamp, grads, ix - half, iy - half
         return stamp, ix - half, iy - half
+
+
+    def _render_comp(self, src: Source, half: int, with_gradient: bool):
+        """render_unit of a 'comp' source: (1 - fracdev) exp(re) + fracdev dev(re_ratio re) on one ellipse;
+        gradients in the order x, y, ln re, e1, e2, fracdev, ln re_ratio."""
+        f = src.fracdev
+        disc = self.render_unit(src.copy(kind="exp"), half, with_gradient)
+        bulge = self.render_unit(src.copy(kind="dev", re=src.re * src.re_ratio), half, with_gradient)
+        stamp = (1 - f) * disc[0] + f * bulge[0]
+        if not with_gradient:
+            return stamp, disc[1], disc[2]
+        gd, gb = disc[1], bulge[1]
+        grads = [(1 - f) * a + f * b for a, b in zip(gd, gb)] + [bulge[0] - disc[0], f * gb[2]]
+        return stamp, grads, disc[2], disc[3]
 
 
 @functools.lru_cache(maxsize=64)

@@ -35,7 +35,7 @@ OUTLIER_CHI = 5.0
 #: Tile status colours of the tile map.
 STATUS_COLOURS = {"ok": "#4daf4a", "failed": "#e41a1c", "missing": "#bdbdbd"}
 #: Marker of each model type (catalogue `type`) on the tile pictures.
-TYPE_MARKERS = {"psf": "o", "rex": "D", "exp": "s", "dev": "^", "ser": "p"}
+TYPE_MARKERS = {"psf": "o", "rex": "D", "exp": "s", "dev": "^", "ser": "p", "comp": "h"}
 
 
 def require_matplotlib():

@@ -16,18 +16,25 @@ import numpy as np
 
 #: Model kinds every engine must support (the Legacy Surveys' model types): 'point'; 'rex', a
 #: round exponential (ab = 1 fixed, r_e free); 'exp' and 'dev', Sersic with n fixed at 1 and 4;
-#: 'sersic' with n free.  Every galaxy profile is truncated as models.sersic_profile says.
-KINDS = ("point", "rex", "exp", "dev", "sersic")
+#: 'sersic' with n free; 'comp', a bulge + disc: an exponential disc (re, ab, phi) plus a de
+#: Vaucouleurs bulge on the same ellipse holding the fraction `fracdev` of the flux, its half-light
+#: radius `re_ratio` x re (DR7's COMP with the two shapes tied to one ellipse and a radius ratio).
+#: Every galaxy profile is truncated as models.sersic_profile says.
+KINDS = ("point", "rex", "exp", "dev", "sersic", "comp")
 #: Engine-independent parameter vector of a source: pixel position, flux [counts], ln re [ln pix],
-#: ellipticity e = (1 - ab) / (1 + ab) as (e1, e2) = e (cos 2 phi, sin 2 phi), and n.
+#: ellipticity e = (1 - ab) / (1 + ab) as (e1, e2) = e (cos 2 phi, sin 2 phi), and n (a comp: its
+#: first six, then fracdev and ln re_ratio; to_standard).
 STANDARD_PARAMS = ("x", "y", "flux", "lnre", "e1", "e2", "n")
 #: Number of STANDARD_PARAMS (the first ones) each kind fits.
-N_PARAMS = {"point": 3, "rex": 4, "exp": 6, "dev": 6, "sersic": 7}
+N_PARAMS = {"point": 3, "rex": 4, "exp": 6, "dev": 6, "sersic": 7, "comp": 8}
 #: Catalogue `type` code of each kind, and back.
-TYPE_OF_KIND = {"point": "psf", "rex": "rex", "sersic": "ser", "exp": "exp", "dev": "dev"}
+TYPE_OF_KIND = {"point": "psf", "rex": "rex", "sersic": "ser", "exp": "exp", "dev": "dev", "comp": "comp"}
 KIND_OF_TYPE = {v: k for k, v in TYPE_OF_KIND.items()}
 #: Fixed Sersic index of each galaxy kind (None = fitted).
 FIXED_SERSIC_N = {"rex": 1.0, "exp": 1.0, "dev": 4.0, "sersic": None}
+#: Range of a comp's bulge flux fraction fracdev, and of ln re_ratio (bulge r_e / disc r_e, 0.03-1).
+FRACDEV_RANGE = (0.0, 1.0)
+LN_RE_RATIO_RANGE = (float(np.log(0.03)), 0.0)
 #: Smallest and largest galaxy half-light radius [px] an engine may return.
 RE_RANGE = (0.2, 300.0)
 #: Range of the Sersic index an engine may return (inside the Tractor's mixture table, 0.29-6.3).
@@ -48,6 +55,7 @@ class Source:
     flux: total flux in image counts.  re: half-light radius of the major axis (pixels).
     ab: axis ratio b/a.  phi: major-axis angle in degrees, counter-clockwise from +x towards +y.
     n: Sersic index (ignored for 'point'; 1 for 'exp', 4 for 'dev').
+    fracdev, re_ratio: a comp's bulge flux fraction and bulge r_e / disc r_e (ignored otherwise).
     """
 
     kind: str
@@ -58,6 +66,8 @@ class Source:
     ab: float = 1.0
     phi: float = 0.0
     n: float = 1.0
+    fracdev: float = 0.3
+    re_ratio: float = 0.3
 
     def copy(self, **changes) -> "Source":
         return dataclasses.replace(self, **changes)
@@ -73,6 +83,8 @@ def to_standard(src: Source) -> np.ndarray:
     e = (1 - src.ab) / (1 + src.ab)
     vals = [src.x, src.y, src.flux, np.log(max(src.re, 1e-3)), e * np.cos(np.radians(2 * src.phi)),
             e * np.sin(np.radians(2 * src.phi)), src.n]
+    if src.kind == "comp":
+        vals = vals[:6] + [src.fracdev, np.log(src.re_ratio)]
     return np.array(vals[:N_PARAMS[src.kind]], float)
 
 
@@ -88,6 +100,8 @@ def from_standard(template: Source, v: np.ndarray) -> Source:
     out = template.copy(x=v[0], y=v[1], flux=v[2], re=float(np.exp(v[3])), ab=float(ab), phi=float(phi))
     if template.kind == "sersic":
         out.n = float(v[6])
+    if template.kind == "comp":
+        out.fracdev, out.re_ratio = float(v[6]), float(np.exp(v[7]))
     return out
 
 

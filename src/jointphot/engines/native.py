@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import __version__
 from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
-from .base import AB_RANGE, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, Engine, FluxFit, GroupFit, PSF, Source, from_standard, to_standard
+from .base import (AB_RANGE, FRACDEV_RANGE, LN_RE_RATIO_RANGE, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, Engine,
+                   FluxFit, GroupFit, PSF, Source, from_standard, to_standard)
 
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
 
@@ -41,6 +42,10 @@ def _clip(start: Source, v: np.ndarray, pos_bound: float, re_max: float):
     if start.kind == "sersic":
         at_bound |= not (SERSIC_N_RANGE[0] + BOUND_TOLERANCE < v[6] < SERSIC_N_RANGE[1] - BOUND_TOLERANCE)
         v[6] = np.clip(v[6], *SERSIC_N_RANGE)
+    if start.kind == "comp":
+        for k, (lo, hi) in ((6, FRACDEV_RANGE), (7, LN_RE_RATIO_RANGE)):
+            at_bound |= not (lo + BOUND_TOLERANCE < v[k] < hi - BOUND_TOLERANCE)
+            v[k] = np.clip(v[k], lo, hi)
     return v, at_bound
 
 
@@ -53,6 +58,8 @@ def _limits(start: Source, size: int, pos_bound: float, re_max: float):
         lo[3], hi[3] = np.log(RE_RANGE[0]), np.log(min(RE_RANGE[1], re_max))
     if start.kind == "sersic":
         lo[6], hi[6] = SERSIC_N_RANGE
+    if start.kind == "comp":
+        (lo[6], hi[6]), (lo[7], hi[7]) = FRACDEV_RANGE, LN_RE_RATIO_RANGE
     return lo, hi
 
 
@@ -67,15 +74,23 @@ def _limited(step):
     scale = 1.0
     if len(step) > 3:
         scale = min(scale, MAX_STEP_LN_RE / max(abs(step[3]), 1e-300))
-    if len(step) > 6:
+    if len(step) > 6:   # n, or a comp's bulge fraction
         scale = min(scale, MAX_STEP_N / max(abs(step[6]), 1e-300))
+    if len(step) > 7:   # a comp's ln re_ratio
+        scale = min(scale, MAX_STEP_LN_RE / max(abs(step[7]), 1e-300))
     return step * scale if scale < 1.0 else step
 
 
-def _pinned(v, lo, hi, grad):
-    """Parameters at a bound that the chi^2 gradient pushes outward (held fixed: an active set)."""
+def _pinned(v, lo, hi, grad, comp_fracs=()):
+    """Parameters at a bound that the chi^2 gradient pushes outward (held fixed: an active set); and
+    the ln re_ratio of a comp whose fracdev is at 0 or 1 (the model no longer depends on it), with the
+    fracdev (indices of the fracdevs in `comp_fracs`)."""
     tol = 1e-9 * np.maximum(1.0, np.abs(v))
-    return ((v <= lo + tol) & (grad < 0)) | ((v >= hi - tol) & (grad > 0))
+    out = ((v <= lo + tol) & (grad < 0)) | ((v >= hi - tol) & (grad > 0))
+    for k in comp_fracs:
+        if v[k] <= lo[k] + 1e-6 or v[k] >= hi[k] - 1e-6:
+            out[k] = out[k + 1] = True
+    return out
 
 
 class NativeEngine(Engine):
@@ -137,6 +152,7 @@ class NativeEngine(Engine):
         limits = [_limits(s, n, pos_bound, r) for s, n, r in zip(starts, sizes, re_max)]
         lower = np.concatenate([lo for lo, _ in limits])
         upper = np.concatenate([hi for _, hi in limits])
+        comp_fracs = [offsets[i] + 6 for i, s in enumerate(starts) if s.kind == "comp"]
         resid, jac, _ = evaluate(vecs, True)
         chi2 = float(resid @ resid)
         lam = 1e-3
@@ -147,7 +163,7 @@ class NativeEngine(Engine):
             hess = jac.T @ jac
             grad = jac.T @ resid
             # parameters pinned at a bound stay there; the step is solved for the others
-            free = ~_pinned(np.concatenate(vecs), lower, upper, grad)
+            free = ~_pinned(np.concatenate(vecs), lower, upper, grad, comp_fracs)
             improved = False
             for _ in range(10):
                 damp = hess + lam * np.diag(np.diag(hess) + 1e-12)
@@ -181,7 +197,7 @@ class NativeEngine(Engine):
                 break
         # the covariance of the parameters not pinned at a bound (pinned r_e or n are held fixed;
         # positions never are: their bound only guards the optimiser)
-        free = ~_pinned(np.concatenate(vecs), lower, upper, jac.T @ resid)
+        free = ~_pinned(np.concatenate(vecs), lower, upper, jac.T @ resid, comp_fracs)
         free[np.concatenate([[o, o + 1] for o in offsets[:-1]])] = True
         cov = np.zeros((n_par, n_par))
         cov[np.ix_(free, free)] = _inverse((jac.T @ jac)[np.ix_(free, free)])
@@ -257,6 +273,8 @@ def _named_errors(src0: Source, v: np.ndarray, e: np.ndarray) -> dict:
         out["phi"] = np.degrees(0.5 * e_err / max(ee, 1e-3))
     if src0.kind == "sersic":
         out["n"] = e[6]
+    if src0.kind == "comp":
+        out["fracdev"] = e[6]
     return {k: float(val) for k, val in out.items()}
 
 

@@ -52,8 +52,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, KINDS, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, PSF,
-                                    Engine, FluxFit, GroupFit, Source, to_standard)
+from jointphot.engines.base import (AB_RANGE, FIXED_SERSIC_N, FRACDEV_RANGE, KINDS, LN_RE_RATIO_RANGE, MIN_MODEL_ON_DATA,
+                                    RE_RANGE, SERSIC_N_RANGE, PSF, Engine, FluxFit, GroupFit, Source, to_standard)
 from jointphot.errors import JointphotError
 
 #: The Tractor release jointphot is tested against.
@@ -106,13 +106,16 @@ def _import():
         from tractor import (Image, Tractor, PointSource, PixPos, Flux, NullWCS, NullPhotoCal,
                              ConstantSky)
         from tractor.psf import PixelizedPSF, NCircularGaussianPSF, HybridPixelizedPSF, GaussianMixturePSF
-        from tractor.galaxy import ExpGalaxy, DevGalaxy, disable_galaxy_cache
+        from tractor.galaxy import ExpGalaxy, DevGalaxy, FracDev, disable_galaxy_cache
+        from tractor.utils import ScalarParam
         from tractor import mixture_profiles
         from tractor.sersic import SersicGalaxy, SersicIndex
         from tractor.ellipses import EllipseESoft
         from tractor.constrained_optimizer import ConstrainedOptimizer
         ns = {k: v for k, v in locals().items() if k != "types"}
         ns.update(_exact_profile_classes(ExpGalaxy, DevGalaxy, SersicGalaxy, mixture_profiles))
+        ns["CompGalaxy"] = _comp_class(ExpGalaxy, DevGalaxy)
+        ns["ExactCompGalaxy"] = _comp_class(ns["ExactExpGalaxy"], ns["ExactDevGalaxy"])
         ns.update(_fourier_shift_psf_class(PixelizedPSF))
         _tractor = types.SimpleNamespace(**ns)
         # The galaxy cache keys on (position, shape, PSF hash); it only costs memory here.
@@ -166,6 +169,83 @@ def _exact_profile_classes(ExpGalaxy, DevGalaxy, SersicGalaxy, mixture_profiles)
 
     return dict(ExactExpGalaxy=ExactExpGalaxy, ExactDevGalaxy=ExactDevGalaxy,
                 ExactSersicGalaxy=ExactSersicGalaxy)
+
+
+def _comp_class(ExpCls, DevCls):
+    """The Tractor source of jointphot's 'comp' (base.KINDS): an `ExpCls` disc (pos, brightness,
+    shape) plus a `DevCls` bulge on the same ellipse holding the fraction fracDev of the flux, its
+    log r_e larger by lnRatio (<= 0).  Parameters in base.STANDARD_PARAMS order: pos, brightness,
+    shape, fracDev, lnRatio.  Derivatives by forward differences, as the Tractor's own galaxies.
+    (The Tractor's FixedCompositeGalaxy gives the bulge a shape of its own.)"""
+    from tractor.galaxy import FracDev, Galaxy
+    from tractor.patch import ModelMask, add_patches
+    from tractor.utils import ScalarParam
+
+    class CompGalaxy(ExpCls):
+        def __init__(self, pos, brightness, shape, fracDev, lnRatio):
+            fracDev = fracDev if isinstance(fracDev, ScalarParam) else FracDev(float(fracDev))
+            if not isinstance(lnRatio, ScalarParam):
+                lnRatio = ScalarParam(float(lnRatio))
+                lnRatio.stepsize = 0.01
+            super().__init__(pos, brightness, shape, fracDev, lnRatio)
+
+        @staticmethod
+        def getNamedParams():
+            return dict(pos=0, brightness=1, shape=2, fracDev=3, lnRatio=4)
+
+        def getName(self):
+            return "CompGalaxy"
+
+        def _parts(self):
+            """(disc, bulge) galaxies sharing this one's position and brightness."""
+            bulge_shape = self.shape.copy()
+            bulge_shape.logre = self.shape.logre + float(self.lnRatio.getValue())
+            disc, bulge = ExpCls(self.pos, self.brightness, self.shape), DevCls(self.pos, self.brightness, bulge_shape)
+            if hasattr(self, "halfsize"):
+                disc.halfsize = bulge.halfsize = self.halfsize
+            return disc, bulge
+
+        def getUnitFluxModelPatch(self, img, px=None, py=None, minval=0.0, modelMask=None, **kwargs):
+            f = float(self.fracDev.getValue())
+            out = None
+            for part, weight in zip(self._parts(), (1.0 - f, f)):
+                patch = part.getUnitFluxModelPatch(img, px=px, py=py, minval=minval, modelMask=modelMask, **kwargs)
+                if patch is not None and weight != 0.0:
+                    patch *= weight
+                    out = add_patches(out, patch)
+            return out
+
+        def getParamDerivatives(self, img, modelMask=None, **kwargs):
+            derivs = Galaxy.getParamDerivatives(self, img, modelMask=modelMask, **kwargs)   # pos, brightness, shape
+            if len(derivs) == self.numberOfParams():      # no model, or fracDev and lnRatio frozen
+                return derivs
+            counts = img.getPhotoCal().brightnessToCounts(self.brightness)
+            px, py = img.getWcs().positionToPixel(self.getPosition(), self)
+            minval = img.modelMinval / counts if counts > 0 else None
+            patch0 = self.getUnitFluxModelPatch(img, px=px, py=py, minval=minval, modelMask=modelMask, **kwargs)
+            if modelMask is None:
+                modelMask = ModelMask.fromExtent(*patch0.getExtent())
+            for name in ("fracDev", "lnRatio"):
+                if self.isParamFrozen(name):
+                    continue
+                param = getattr(self, name)
+                old, step = param.getValue(), param.stepsize
+                param.setValue(old + step)
+                patchx = self.getUnitFluxModelPatch(img, px=px, py=py, minval=minval, modelMask=modelMask, **kwargs)
+                param.setValue(old)
+                if patchx is None or counts == 0:
+                    derivs.append(None)
+                    continue
+                d = (patchx - patch0) * (counts / step)
+                d.setName(f"d(comp)/d({name})")
+                derivs.append(d)
+            return derivs
+
+        def copy(self):
+            return CompGalaxy(self.pos.copy(), self.brightness.copy(), self.shape.copy(), self.fracDev.copy(),
+                              self.lnRatio.copy())
+
+    return CompGalaxy
 
 
 def _fourier_shift_psf_class(PixelizedPSF):
@@ -407,7 +487,14 @@ class TractorEngine(Engine):
         if s.kind == "rex":
             shp.freezeParams("ee1", "ee2")
         exact = self.profiles == "exact"
-        if s.kind in ("exp", "rex"):
+        if s.kind == "comp":
+            fracdev, ln_ratio = T.FracDev(float(np.clip(s.fracdev, *FRACDEV_RANGE))), T.ScalarParam(math.log(s.re_ratio))
+            ln_ratio.stepsize = 0.01
+            if pos_bound is not None:
+                (fracdev.lower, fracdev.upper), (ln_ratio.lower, ln_ratio.upper) = FRACDEV_RANGE, LN_RE_RATIO_RANGE
+                ln_ratio.setValue(float(np.clip(ln_ratio.getValue(), *LN_RE_RATIO_RANGE)))
+            src = (T.ExactCompGalaxy if exact else T.CompGalaxy)(pos, flux, shp, fracdev, ln_ratio)
+        elif s.kind in ("exp", "rex"):
             src = (T.ExactExpGalaxy if exact else T.ExpGalaxy)(pos, flux, shp)
         elif s.kind == "dev":
             src = (T.ExactDevGalaxy if exact else T.DevGalaxy)(pos, flux, shp)
@@ -439,6 +526,9 @@ class TractorEngine(Engine):
         if kind == "point":
             return Source(kind, float(x), float(y), flux)
         re, ab, phi = esoft_to_shape(*tsrc.shape.getAllParams())
+        if kind == "comp":
+            return Source(kind, float(x), float(y), flux, re=re, ab=max(ab, AB_RANGE[0]), phi=phi,
+                          fracdev=float(tsrc.fracDev.getValue()), re_ratio=math.exp(float(tsrc.lnRatio.getValue())))
         n = float(tsrc.sersicindex.getValue()) if kind == "sersic" else FIXED_SERSIC_N[kind]
         if kind == "rex":
             return Source(kind, float(x), float(y), flux, re=re, n=n)
@@ -514,6 +604,11 @@ class TractorEngine(Engine):
                     err["n"] = c[6, 6]
                     n = ns.n
                     bound |= (n <= SERSIC_N_RANGE[0] + 1e-3) or (n >= SERSIC_N_RANGE[1] - 1e-3)
+                if kind == "comp":
+                    err["fracdev"] = c[6, 6]
+                    ln_ratio = math.log(ns.re_ratio)
+                    bound |= not (FRACDEV_RANGE[0] + 1e-3 < ns.fracdev < FRACDEV_RANGE[1] - 1e-3)
+                    bound |= not (LN_RE_RATIO_RANGE[0] + 1e-3 < ln_ratio < LN_RE_RATIO_RANGE[1] - 1e-3)
                 raw_ab = esoft_to_shape(*src.shape.getAllParams())[1]
                 bound |= raw_ab <= AB_RANGE[0] * (1 + 1e-6)
                 bound |= ns.re <= RE_RANGE[0] * (1 + 1e-3) or ns.re >= min(RE_RANGE[1], re_hi) * (1 - 1e-3)
@@ -633,13 +728,16 @@ def _at_limits(tr) -> np.ndarray:
     """True for each thawed shape parameter of Tractor `tr` (r_e, n: priors) that sits on its lower or
     upper bound; positions are never held (their bound only guards the optimiser)."""
     params = np.asarray(tr.getParams(), float)
+    names = tr.getParamNames()
     held = np.zeros(params.size, bool)
-    for i, (name, value, lo, hi) in enumerate(zip(tr.getParamNames(), params, tr.getLowerBounds(),
-                                                  tr.getUpperBounds())):
+    for i, (name, value, lo, hi) in enumerate(zip(names, params, tr.getLowerBounds(), tr.getUpperBounds())):
         if name.split(".")[-2:-1] == ["pos"]:      # e.g. catalog.source0.pos.x
             continue
         tol = 1e-9 * max(1.0, abs(value))
         held[i] = (lo is not None and value <= lo + tol) or (hi is not None and value >= hi - tol)
+    for i, name in enumerate(names):               # a comp at fracDev 0 or 1 no longer depends on lnRatio
+        if name.endswith(".fracDev") and held[i] and i + 1 < len(names) and names[i + 1].endswith(".lnRatio"):
+            held[i + 1] = True
     return held
 
 
