@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from jointphot import noise
 from jointphot.errors import JointphotError
 from jointphot.noise import (NoiseModel, measure_noise, noise_model_from_hdu, noise_model_hdu, source_mask,
                              variance_factor, white_noise)
@@ -124,3 +125,49 @@ def test_bad_input_is_named():
         variance_factor(white_noise(), np.zeros((3, 3)))
     with pytest.raises(JointphotError, match="NOISE_ACF.*odd"):
         noise_model_from_hdu(fits.ImageHDU(np.ones((4, 4)), name="NOISE_ACF"))
+
+
+
+def _gauss(shape, x, y, sigma):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0, 6.0])
+def test_residual_variance_factor_leaves_the_noise_alone(sigma):
+    """On the residual of a linear flux fit to pure noise, the residual's variance factor (lag 1 px) stays
+    below noise.MISMATCH_LIMIT in >= 99 % of 1000 draws: with_mismatch keeps the noise's factor."""
+    rng = np.random.default_rng(8)
+    model = _gauss((41, 41), 20, 20, sigma)
+    invvar = np.full(model.shape, 4.0)
+    kept = []
+    for _ in range(1000):
+        image = 1000.0 * model + rng.normal(0, 0.5, model.shape)
+        flux = np.sum(model * invvar * image) / np.sum(model ** 2 * invvar)
+        r = noise.residual_variance_factor(model, image - flux * model, invvar, lag=1)
+        kept.append(noise.with_mismatch(1.0, r) == 1.0)
+    assert np.mean(kept) >= 0.99
+
+
+@pytest.mark.parametrize("amplitude", [0.02, 0.1])
+def test_residual_variance_factor_makes_the_errors_of_a_wrong_model_honest(amplitude):
+    """A smooth model fitted (linear flux) to sources with random clumps it does not hold (S/N ~ 300): the
+    nominal flux chi has robust sigma 5-20; with the residual's variance factor it is 0.8-1.25 (the
+    sandwich estimator, lag 0, leaves ~2)."""
+    rng = np.random.default_rng(9)
+    model = _gauss((41, 41), 20, 20, 3.0)
+    invvar = np.ones(model.shape)
+    chi_nominal, chi_scaled = [], []
+    for _ in range(400):
+        knots = sum(_gauss(model.shape, 20 + rng.normal(0, 3), 20 + rng.normal(0, 3), 1.0) * rng.uniform(0, amplitude)
+                    for _ in range(5))
+        image = 3000.0 * (0.7 * model + knots) / (0.7 + knots.sum()) + rng.normal(0, 1.0, model.shape)
+        norm = float(np.sum(model ** 2 * invvar))
+        flux, err = float(np.sum(model * invvar * image)) / norm, 1.0 / np.sqrt(norm)
+        factor = noise.with_mismatch(1.0, noise.residual_variance_factor(model, image - flux * model, invvar, lag=1))
+        chi_nominal.append((flux - 3000.0) / err)
+        chi_scaled.append((flux - 3000.0) / (err * np.sqrt(factor)))
+    nominal = 1.4826 * np.median(np.abs(np.array(chi_nominal) - np.median(chi_nominal)))
+    scaled = 1.4826 * np.median(np.abs(np.array(chi_scaled) - np.median(chi_scaled)))
+    assert nominal > 4.0 and 0.8 < scaled < 1.25, (nominal, scaled)

@@ -51,7 +51,7 @@ COLUMNS = {
     "hr_converged": ("", "HR fit converged (dlnp < 1e-3 before the iteration limit)"),
     "group_id": ("", "HR fit group within the tile"),
     "group_size": ("", "sources fitted together in the HR group"),
-    "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser, comp "
+    "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser "
                    "(NaN: not fitted), divided by the noise's variance factor for a point source"),
     "hr_param_cov": ("", "HR parameter covariance, 7x7 row-major in the order x, y [pix], flux [count], "
                          "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks; comp: the disc's re, "
@@ -64,8 +64,12 @@ COLUMNS = {
     "sex_class_star": ("", "SExtractor CLASS_STAR (at the real HR seeing)"),
     "sex_flags": ("", "SExtractor FLAGS"),
     "hr_flux": ("count", "HR total model flux, HR image counts (mag = hr_zp - 2.5 log10 flux)"),
-    "hr_flux_err": ("count", "1-sigma error of hr_flux: the full fit covariance and (hr_models legacy) the "
-                             "model-choice part hr_flux_err_model, in quadrature"),
+    "hr_flux_err": ("count", "1-sigma error of hr_flux: the full fit covariance (with the noise's variance factor, "
+                             "or hr_resid_factor where the model does not describe the data) and (hr_models legacy) "
+                             "the model-choice part hr_flux_err_model, in quadrature"),
+    "hr_resid_factor": ("", "the source's flux variance estimated from the HR fit's residual under it (pairs of pixels "
+                            "within half a PSF FWHM), over the weight map's: ~1 where the model describes the data; "
+                            "above 3x the noise's variance factor it replaces that factor in every HR error"),
     "hr_flux_err_model": ("count", "spread of hr_flux over the candidate models (Akaike weights; 0 when the model "
                                    "was not chosen by the fit)"),
     "hr_mag": ("mag", "HR AB magnitude (NaN when hr_flux <= 0)"),
@@ -84,6 +88,8 @@ COLUMNS = {
     "{band}_flags": ("", "the band's own flags (LR_MASKED, LR_OFF_IMAGE, LR_BLENDED; also in flags)"),
     "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
     "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
+    "{band}_resid_factor": ("", "as hr_resid_factor, for the band's forced fit (the HR shape not describing the LR "
+                                "image: a colour gradient); enters {band}_flux_err_fixed the same way"),
     "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),
     "{band}_mag_err": ("mag", "1-sigma error of the LR magnitude"),
     "{band}_flux_ujy": ("uJy", "LR flux in microjansky"),
@@ -138,8 +144,8 @@ def readme_text(table: Table, bands: List[str]) -> str:
               "  dev: de Vaucouleurs (n = 4); ser: Sersic (n free, %.1f-%.1f); comp: bulge + disc, an" % SERSIC_N_RANGE,
               "  exponential disc (re_pix, ab, phi) plus a de Vaucouleurs bulge on the same ellipse with the",
               "  fraction fracdev of the flux and half-light radius re_ratio x re_pix (DR7's COMP with the two",
-              "  shapes tied; hr_models sersic: tried for every ser galaxy, kept when chi^2 improves by > 2",
-              "  and it ends on no bound).  Every galaxy profile is",
+              "  shapes tied; hr_models sersic only: tried for every ser galaxy, kept when chi^2 improves by",
+              "  > 2 and it ends on no bound).  Every galaxy profile is",
               "  cut at %g r_e (as GalSim's Sersic(trunc=%g r_e); SDSS and the Tractor soften theirs to zero"
               % (TRUNCATION_RADIUS, TRUNCATION_RADIUS),
               "  between 7 and 8 r_e, 0.2-0.8 %% less light for n = 2-6): hr_flux and the LR fluxes are the",

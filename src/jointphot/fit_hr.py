@@ -42,9 +42,10 @@ from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .modelselect import (DCHISQ_ORDER, NPARAMS, comp_margin, dchisq_vector, galaxies_worth_trying, model_choice_variance,
+from .modelselect import (DCHISQ_ORDER, NPARAMS, dchisq_vector, galaxies_worth_trying, model_choice_variance,
                           select_model)
-from .noise import noise_model_from_hdu, variance_factor, white_noise
+from .noise import (mismatch_lag, noise_model_from_hdu, residual_variance_factor, variance_factor, white_noise,
+                    with_mismatch)
 from .plan import get_tile, tile_path, tile_psf
 
 log = logging.getLogger("jointphot.fit_hr")
@@ -57,6 +58,10 @@ RESIDUAL_MIN_SEPARATION_FWHM = 1.5
 RESIDUAL_START_RE = 0.5
 #: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
 GALAXY_DCHI2 = 12.0
+#: hr_models 'sersic': chi^2 improvement needed to prefer a bulge + disc (comp) over a Sersic galaxy (Akaike: one
+#: more parameter).  Preferring the comp unless the Sersic is better by 2 moves composite galaxies at HR S/N 20-50
+#: from +5 % to +1.4 % but single-Sersic ones from -1.0 % to -3.2 % (seed 11).
+COMP_DCHI2 = 2.0
 #: Start of a comp (bulge + disc) refit: bulge flux fraction and bulge r_e / disc r_e.
 COMP_START_FRACDEV = 0.3
 COMP_START_RE_RATIO = 0.3
@@ -324,7 +329,7 @@ def _near_smoothed_maximum(image, invvar, psf, px, py):
 
 HRResult = collections.namedtuple(
     "HRResult", "source errors covariance n_iter converged chi2_dof at_bound failed group_id group_size dchisq "
-                "flux_var_model")
+                "flux_var_model resid_factor")
 #: The model choice of one source: {kind: dchisq} of its candidates, and the variance [counts^2]
 #: of its flux over the candidates (modelselect.model_choice_variance).
 Choice = collections.namedtuple("Choice", "dchisq flux_var")
@@ -400,29 +405,36 @@ class GroupFitter:
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
             log.warning("HR fit of group with sources %s failed: %s", list(self.numbers[members]), exc)
             return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), {}, None, 0, False, np.nan, False, True, 0, 0,
-                             dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan)
+                             dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan, np.nan)
                     for s, i in zip(starts, members)]
         covs = fit.covariances or [None] * len(fit.sources)
+        residual = img - self.engine.render(img.shape, self.psf, [s for s in fit.sources if np.isfinite(s.flux)])
         out = []
         for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members):
             choice = self.choices.get(i, NO_CHOICE)
-            # correlated noise: the errors scale with the variance factor of the source's flux weights
-            factor = self._noise_factor(img, ivar, s)
+            unit = self.engine.render(img.shape, self.psf, [s.copy(flux=1.0)]) if np.isfinite(s.flux) else None
+            # correlated noise: the errors scale with the variance factor of the source's flux weights;
+            # a model that does not describe the data (clumps, spiral arms): with its residual chi^2
+            resid_factor = (residual_variance_factor(unit, residual, ivar, mismatch_lag(self.psf.fwhm_pix))
+                            if unit is not None else np.nan)
+            factor = with_mismatch(self._noise_factor(img, ivar, s, unit), resid_factor)
             err = {k: v * np.sqrt(factor) for k, v in err.items()}
             cov = None if cov is None else cov * factor
             err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
             failed = not (np.isfinite(s.flux) and np.isfinite(err["flux"]))
             out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
                                 fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(choice.dchisq),
-                                choice.flux_var))
+                                choice.flux_var, resid_factor))
         return out
 
-    def _noise_factor(self, img, ivar, src):
+    def _noise_factor(self, img, ivar, src, model=None):
         """Variance factor (noise.variance_factor) of the flux weights model x invvar of `src` on
-        its group's box: 1 for white noise, ~3.7 for a point source under ACS drizzle noise."""
+        its group's box: 1 for white noise, ~3.7 for a point source under ACS drizzle noise
+        (`model`: its unit-flux model on the box, if already rendered)."""
         if not (np.isfinite(src.flux) and (ivar > 0).any()) or self.correlation.max_lag == 0:
             return 1.0
-        model = self.engine.render(img.shape, self.psf, [src.copy(flux=1.0)])
+        if model is None:
+            model = self.engine.render(img.shape, self.psf, [src.copy(flux=1.0)])
         if not np.any(model * ivar):
             return 1.0
         return variance_factor(self.correlation, model * ivar, ivar)
@@ -444,7 +456,7 @@ class GroupFitter:
 
     def _sersics_as_composites(self, img, ivar, fit, re_max):
         """hr_models 'sersic': each Sersic galaxy refitted as a bulge + disc (comp, from the Sersic's
-        position, flux and ellipse), kept when chi^2 improves by more than modelselect.comp_margin and
+        position, flux and ellipse), kept when chi^2 improves by more than COMP_DCHI2 and
         neither its fracdev nor its shape ends on a bound (a comp at fracdev 0 or 1 is an exp or a dev).
         A single Sersic fitted to a bulge + disc runs to n = 3-6 and extrapolates wings the galaxy
         does not have (HR fluxes +6-12 %)."""
@@ -455,7 +467,7 @@ class GroupFitter:
             trial[k] = s.copy(kind="comp", fracdev=COMP_START_FRACDEV, re_ratio=COMP_START_RE_RATIO)
             alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self._max_iter(trial), re_max=re_max)
             gain = (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, s.copy(kind="point"))
-            if gain > comp_margin("sersic") and not alt.at_bound[k]:
+            if gain > COMP_DCHI2 and not alt.at_bound[k]:
                 fit = alt
         return fit
 
@@ -538,9 +550,7 @@ class GroupFitter:
             best = select_model(_within_bounds(dchisq, fits))
             if best in ("exp", "dev"):
                 fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
-                fit("comp", fits["exp"].sources[0].copy(kind="comp", fracdev=COMP_START_FRACDEV,
-                                                         re_ratio=COMP_START_RE_RATIO))
-                dchisq.update({k: (chi2_none - fits[k].chi2) / factor for k in ("sersic", "comp")})
+                dchisq["sersic"] = (chi2_none - fits["sersic"].chi2) / factor
         kind = select_model(_within_bounds(dchisq, fits))
         fluxes = {k: f.sources[0].flux for k, f in fits.items()}
         return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
@@ -661,6 +671,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["group_size"] = np.array([r.group_size for r in results], np.int16)
     t["dchisq"] = np.array([r.dchisq for r in results], float).reshape(n, len(DCHISQ_ORDER))
     t["hr_flux_err_model"] = np.sqrt([r.flux_var_model for r in results])
+    t["hr_resid_factor"] = np.array([r.resid_factor for r in results], float)
     t["flags"] = flags
     for col in ("FLUX_AUTO", "FLUXERR_AUTO", "MAG_AUTO", "FLUX_RADIUS", "CLASS_STAR", "FLAGS"):
         t["sex_" + col.lower()] = cat[col]

@@ -29,7 +29,7 @@ from .errors import JointphotError
 from .fit_hr import row_source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
 from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
-from .noise import variance_factor
+from .noise import mismatch_lag, residual_variance_factor, variance_factor, with_mismatch
 from .plan import band_plan, band_product, tile_path, tile_psf
 
 #: Correlations of the LR noise are measured up to this lag [px], on pixels at least
@@ -166,7 +166,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
     flux = np.full(len(hr_table), np.nan)
-    err, err_fixed, err_shape, hr_cov = (np.full(len(hr_table), np.nan) for _ in range(4))
+    err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
     masked = np.ones(len(hr_table))
     max_corr = np.zeros(len(hr_table))
     valid_all = np.zeros(len(hr_table), bool)
@@ -194,6 +194,10 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
         renderer = PSFRenderer(psf)
         # the forced fit's error (shapes fixed: the colour error) under the measured noise correlation
         factors = np.array([source_noise_factor(correlation, renderer, s, invvar) for s in sources])
+        # and, where the HR model does not describe the LR data (a colour gradient, clumps), with the
+        # residual chi^2 under the source (noise.mismatch_factor)
+        resid_factor[idx] = [source_residual_factor(renderer, s, image - model, invvar) for s in sources]
+        factors = np.array([with_mismatch(f, r) for f, r in zip(factors, resid_factor[idx])])
         err_fixed[idx] = res.flux_err * np.sqrt(factors)
         # the HR shape/position uncertainty of each source, propagated to its LR flux
         covs = np.asarray(fitted["hr_param_cov"], float).reshape(-1, 7, 7)
@@ -216,6 +220,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     table[f"{band}_hr_flux_cov"] = hr_cov
     table[f"{band}_masked_frac"] = masked
     table[f"{band}_max_corr"] = max_corr
+    table[f"{band}_resid_factor"] = resid_factor
     add_magnitudes(table, "hr", job["hr_zp"])
     add_magnitudes(table, band, job["lr_zp"])
     stars = apcorr.chosen_stars(table, f"{band}_flux", f"{band}_flux_err")
@@ -300,3 +305,12 @@ def source_noise_factor(correlation, renderer: PSFRenderer, src: Source, invvar)
     iv = invvar[sl_img]
     weights = stamp[sl_st] * iv
     return variance_factor(correlation, weights, iv) if np.any(weights) else 1.0
+
+
+def source_residual_factor(renderer: PSFRenderer, src: Source, residual, invvar) -> float:
+    """noise.residual_variance_factor of `src` (its unit model) on the fit's `residual` [counts]."""
+    stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
+    sl_img, sl_st = overlap_slices(invvar.shape, stamp.shape, x0, y0)
+    if sl_img is None:
+        return float("nan")
+    return residual_variance_factor(stamp[sl_st], residual[sl_img], invvar[sl_img], mismatch_lag(renderer.psf.fwhm_pix))

@@ -91,7 +91,7 @@ KEYS: Dict[str, tuple] = {
                                                 "tile; e.g. 3 under cluster halos)"),
     "hr_models": ("choice", "sersic", "HR models: sersic (point sources by SExtractor's rule, else a free "
                                       "Sersic, or a bulge + disc comp where the fit prefers it) | legacy "
-                                      "(psf/rex/exp/dev/ser/comp chosen by the fit, the Legacy Surveys' rules)"),
+                                      "(psf/rex/exp/dev/ser chosen by the fit, the Legacy Surveys' DR9/DR10 rules)"),
 }
 CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_type": WEIGHT_TYPES,
            "engine": ENGINES, "hr_models": ("sersic", "legacy"), "hr_aperture_correction": APERTURE_CORRECTION_MODES,

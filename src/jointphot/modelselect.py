@@ -16,9 +16,6 @@ without the source minus chi^2 with the fitted model; larger is better).  The ru
    REX with fluxes 10-20 % low, so jointphot asks it only of the step away from PSF, which
    is what keeps bright stars with imperfect PSF models point sources.)
 4. SER replaces EXP/DEV when it improves on them by more than SERSIC_MARGIN.
-5. COMP (bulge + disc, tried with SER) replaces the choice so far when it improves on it by more
-   than comp_margin: Akaike's 2 per extra parameter (DR7's COMP; DR8 dropped it for SER, but a
-   single Sersic fitted to a bulge + disc extrapolates wings the galaxy does not have).
 
 Galaxy candidates (EXP, DEV, SER) are fitted only when REX beats PSF by more than one
 (REX's one extra parameter) or the source is bright (dchisq > BRIGHT_DCHISQ): faint sources
@@ -31,11 +28,10 @@ from typing import Dict
 import numpy as np
 
 #: Candidate kinds in the order of the catalogue's `dchisq` column (the Legacy Surveys'
-#: DCHISQ order: PSF, REX, DEV, EXP, SER; then COMP).
-DCHISQ_ORDER = ("point", "rex", "dev", "exp", "sersic", "comp")
-#: Parameters of each model besides its flux (legacypipe's nparams; comp: x, y, re, e1, e2,
-#: fracdev, re_ratio).
-NPARAMS = {"point": 2, "rex": 3, "exp": 5, "dev": 5, "sersic": 6, "comp": 7}
+#: DCHISQ order: PSF, REX, DEV, EXP, SER).
+DCHISQ_ORDER = ("point", "rex", "dev", "exp", "sersic")
+#: Parameters of each model besides its flux (legacypipe's nparams).
+NPARAMS = {"point": 2, "rex": 3, "exp": 5, "dev": 5, "sersic": 6}
 #: Penalised dchisq a source needs to count as detected.
 DETECTION_CUT = 25.0
 #: dchisq by which EXP/DEV must beat PSF/REX (3 sigma plus the extra parameters).
@@ -49,8 +45,7 @@ BRIGHT_DCHISQ = 400.0
 #: The rules in one line, for the catalogue README.
 SELECTION_SUMMARY = (f"rex over psf if better after a 1-parameter penalty and by > {FRACTIONAL_MARGIN:.0%} of "
                      f"dchisq(psf); exp/dev if better by > {GALAXY_MARGIN:g} (and than psf by > {FRACTIONAL_MARGIN:.0%} of "
-                     f"dchisq(psf)); ser over exp/dev if better by > {SERSIC_MARGIN:g}; comp over the choice so far if "
-                     f"better by > 2 per extra parameter; "
+                     f"dchisq(psf)); ser over exp/dev if better by > {SERSIC_MARGIN:g}; "
                      f"below a penalised dchisq of {DETECTION_CUT:g}: psf")
 
 
@@ -58,11 +53,6 @@ def galaxies_worth_trying(dchisq: Dict[str, float]) -> bool:
     """Whether to fit EXP, DEV and SER after PSF and REX (legacypipe's 'gals' marker)."""
     psf, rex = dchisq.get("point", 0.0), dchisq.get("rex", 0.0)
     return rex > psf + 1.0 or max(psf, rex) > BRIGHT_DCHISQ
-
-
-def comp_margin(kind: str) -> float:
-    """dchisq by which COMP must beat a `kind` model: 2 per extra parameter (Akaike), at least 2."""
-    return 2.0 * max(1, NPARAMS["comp"] - NPARAMS[kind])
 
 
 def select_model(dchisq: Dict[str, float]) -> str:
@@ -86,13 +76,11 @@ def select_model(dchisq: Dict[str, float]) -> str:
         keep = "dev"
     if keep in ("exp", "dev") and dchisq.get("sersic", -np.inf) - dchisq[keep] >= SERSIC_MARGIN:
         keep = "sersic"
-    if keep in ("exp", "dev", "sersic") and dchisq.get("comp", -np.inf) - dchisq[keep] > comp_margin(keep):
-        keep = "comp"
     return keep
 
 
 def dchisq_vector(dchisq: Dict[str, float]) -> np.ndarray:
-    """The catalogue's `dchisq` (6,) in DCHISQ_ORDER; NaN for candidates not fitted."""
+    """The catalogue's `dchisq` (5,) in DCHISQ_ORDER; NaN for candidates not fitted."""
     return np.array([dchisq.get(k, np.nan) for k in DCHISQ_ORDER], float)
 
 
