@@ -12,6 +12,7 @@ from astropy.table import Table
 from .apcorr import CARD_COMMENTS, CARDS
 from .conventions import FLAG_MEANINGS, FLAGS
 from .engines.base import SERSIC_N_RANGE
+from .fit_hr import COMP_DCHI2
 from .modelselect import SELECTION_SUMMARY
 from .models import TRUNCATION_RADIUS
 
@@ -145,7 +146,7 @@ def readme_text(table: Table, bands: List[str]) -> str:
               "  exponential disc (re_pix, ab, phi) plus a de Vaucouleurs bulge on the same ellipse with the",
               "  fraction fracdev of the flux and half-light radius re_ratio x re_pix (DR7's COMP with the two",
               "  shapes tied; hr_models sersic only: tried for every ser galaxy, kept when chi^2 improves by",
-              "  > 2 and it ends on no bound).  Every galaxy profile is",
+              "  > %g and it ends on no bound).  Every galaxy profile is" % COMP_DCHI2,
               "  cut at %g r_e (as GalSim's Sersic(trunc=%g r_e); SDSS and the Tractor soften theirs to zero"
               % (TRUNCATION_RADIUS, TRUNCATION_RADIUS),
               "  between 7 and 8 r_e, 0.2-0.8 %% less light for n = 2-6): hr_flux and the LR fluxes are the",
