@@ -306,7 +306,6 @@ class PSFRenderer:
             return stamp, grads, ix - half, iy - half
         return stamp, ix - half, iy - half
 
-
     def _render_comp(self, src: Source, half: int, with_gradient: bool):
         """render_unit of a 'comp' source: (1 - fracdev) exp(re) + fracdev dev(re_ratio re) on one ellipse;
         gradients in the order x, y, ln re, e1, e2, fracdev, ln re_ratio."""
