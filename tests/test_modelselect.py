@@ -53,7 +53,7 @@ def test_the_fit_chooses_the_model_and_keeps_the_flux(truth, kinds):
     invvar = np.ones(shape)
     segmap = np.zeros(shape, np.int32)
     segmap[15:36, 15:36] = 1
-    job = {"hr_compl_niter": 15, "hr_ps_niter": 5}
+    job = {"hr_compl_niter": 15, "hr_ps_niter": 5, "hr_models": "legacy"}
     fitter = GroupFitter(image, invvar, segmap, np.array([1]), np.array([40.0]), psf, NativeEngine(), job)
     start = Source("exp", truth.x + 0.3, truth.y - 0.2, truth.flux * 0.8, re=2.0, ab=0.8, phi=0.0)
     (res,) = fitter.fit_group([start], [0], choose=True)
@@ -88,6 +88,6 @@ def test_hr_models_sersic_keeps_a_bulge_disc_as_comp_and_a_sersic_as_ser(truth, 
     job = {"hr_compl_niter": 15, "hr_ps_niter": 5, "hr_models": "sersic"}
     fitter = GroupFitter(image, np.ones(shape), segmap, np.array([1]), np.array([40.0]), psf, NativeEngine(), job)
     start = Source("sersic", truth.x + 0.3, truth.y - 0.2, truth.flux * 0.8, re=3.0, ab=0.8, phi=0.0, n=2.0)
-    (res,) = fitter.fit_group([start], [0], choose=False)
+    (res,) = fitter.fit_group([start], [0], choose=True)
     assert res.source.kind == kind, res.source
     assert abs(res.source.flux / truth.flux - 1) < 0.01, res.source

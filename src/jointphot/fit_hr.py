@@ -185,9 +185,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     numbers = np.asarray(cat["NUMBER"])
     re_max = segment_re_max(segmap, numbers, psf.fwhm_pix)
     fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job, correlation)
-    results = fitter.fit_all(sources, groups, choose=job["hr_models"] == "legacy")
+    results = fitter.fit_all(sources, groups, choose=True)
     # second pass: the sky from the residual of the first (source light no longer biases it), and
-    # every group refitted with its chosen models from the first pass's solution
+    # every group refitted with its models chosen in the first pass, from the first pass's solution
     fitted = [r.source for r in results]
     n_residual = 0
     if fitted:
@@ -222,7 +222,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         fitter.image = image
         fitter.use_previous([r.source if not r.failed else None for r in results] + [None] * n_residual)
         # every group refitted with its chosen models; groups that gained a residual detection choose again
-        rechoose = [job["hr_models"] == "legacy" and bool(new.intersection(g)) for g in groups]
+        rechoose = [bool(new.intersection(g)) for g in groups]
         results = fitter.fit_all(fitted, groups, choose=rechoose)
     near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
@@ -361,7 +361,8 @@ class GroupFitter:
 
     def fit_all(self, sources, groups, choose):
         """One HRResult per source (in the order of `sources`); choose (one bool, or one per group)
-        True picks each source's model, False refits the sources' kinds as they are."""
+        True picks each source's model (hr_models legacy: by its candidates; sersic: by the point ->
+        Sersic and Sersic -> comp trials), False refits the sources' kinds as they are."""
         results = [None] * len(sources)
         choose = [choose] * len(groups) if isinstance(choose, bool) else choose
         for gid, members in enumerate(groups):
@@ -392,15 +393,17 @@ class GroupFitter:
         re_max = [float(self.re_max[i]) for i in members]
         try:
             fit = None
-            if choose:
+            legacy = self.job["hr_models"] == "legacy"
+            if choose and legacy:
                 starts, chosen, fit = self._choose_models(img, ivar, starts, re_max, (y0, x0), members)
                 self.choices.update(zip(members, chosen))
             if fit is None:
                 fit = self.engine.fit_group(img, ivar, self.psf, starts, max_iter=self._max_iter(starts),
                                             re_max=re_max)
-                if self.job["hr_models"] == "sersic":
-                    fit = self._point_sources_as_galaxies(img, ivar, starts, fit, re_max)
-                    fit = self._sersics_as_composites(img, ivar, fit, re_max)
+                if not legacy:
+                    if choose:
+                        fit = self._point_sources_as_galaxies(img, ivar, starts, fit, re_max)
+                        fit = self._sersics_as_composites(img, ivar, fit, re_max)
                 else:
                     fit = self._simpler_where_bounded(img, ivar, starts, fit, re_max, members)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
