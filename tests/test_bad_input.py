@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
 from jointphot.conventions import FLAGS
@@ -383,17 +384,24 @@ def test_all_masked_lr_tile_gives_a_catalogue_without_lr_fluxes(case):
 
 
 @pytest.mark.parametrize("fill", [0.0, np.nan])
-def test_empty_tile_gives_a_valid_empty_catalogue(case, small, fill):
-    """An HR tile without data (all 0 or all NaN): no detections, a valid empty catalogue with every column."""
+def test_empty_hr_tile_gives_a_catalogue_of_lr_only_sources(case, small, fill):
+    """An HR tile without data (all 0 or all NaN): no HR detection; a valid catalogue with every column
+    whose sources are the LR image's own (issue 14: LR_ONLY, no HR flux), each a true source."""
     edit_fits(f"{case}/hr.fits", lambda h: h[0].data.fill(fill))
     edit_fits(f"{case}/hr_wht.fits", lambda h: h[0].data.fill(0.0))
     proc = jp("run", "job.json", "--no-qa", cwd=case)
     assert proc.returncode == 0, proc.stderr
-    assert "0 sources" in proc.stdout
     cat, names = _catalogue(case)
-    assert len(cat) == 0
+    assert f"{len(cat)} sources" in proc.stdout
     for col in ("id", "ra", "dec", "hr_flux", "hr_flux_err", "lr_flux", "lr_flux_err", "flags"):
         assert col in names, col
+    assert np.all(cat["flags"] & FLAGS["LR_ONLY"]) and np.all(np.isnan(cat["hr_flux"]))
+    truth = fits.getdata(os.path.join(case, "truth.fits"), "TRUTH")
+    bright = truth[(truth["lr_snr"] > 10) & (truth["lr_masked_frac"] < 0.2)]
+    sep = SkyCoord(cat["ra"], cat["dec"], unit="deg").match_to_catalog_sky(SkyCoord(truth["ra"], truth["dec"],
+                                                                                      unit="deg"))[1].arcsec
+    assert np.all(sep < 0.5), sep                     # nothing spurious
+    assert len(cat) >= 0.8 * len(bright), (len(cat), len(bright))
 
 
 def test_tiles_off_the_lr_image_keep_their_hr_photometry(case):
@@ -409,6 +417,8 @@ def test_tiles_off_the_lr_image_keep_their_hr_photometry(case):
     assert proc.returncode == 0, proc.stderr
     assert "LR_OFF_IMAGE" in proc.stderr          # a warning names the tile without LR data
     cat, _ = _catalogue(case)
+    # (the shifted LR image's sources no longer fall on HR ones: the residual pass adds them as LR-only)
+    cat = cat[(cat["flags"] & FLAGS["LR_ONLY"]) == 0]
     off = (cat["flags"] & FLAGS["LR_OFF_IMAGE"]) != 0
     assert off.any() and (~off).any()
     assert np.all(np.isnan(cat["lr_flux"][off])) and np.all(np.isfinite(cat["hr_flux"]))

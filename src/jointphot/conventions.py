@@ -116,6 +116,8 @@ FLAGS = {
     "LR_BLENDED": 1 << 7,
     "PARAM_AT_BOUND": 1 << 8,
     "HR_RESIDUAL_DETECTION": 1 << 9,
+    "LR_ONLY": 1 << 10,
+    "LR_NOT_DETECTED": 1 << 11,
 }
 FLAG_MEANINGS = {
     "HR_FIT_FAILED": "the HR fit raised or produced non-finite numbers",
@@ -129,6 +131,8 @@ FLAG_MEANINGS = {
     "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
     "PARAM_AT_BOUND": "an HR shape parameter ended on its bound",
     "HR_RESIDUAL_DETECTION": "found on the residual of the first HR fit (second detection pass; informational)",
+    "LR_ONLY": "found in an LR band's residual, no HR counterpart (a point source; HR columns NaN; informational)",
+    "LR_NOT_DETECTED": "an LR-only source that this band's residual search did not find: no flux in it (NaN)",
 }
 
 
@@ -141,7 +145,7 @@ FLAG_MEANINGS = {
 SEXTRACTOR_FLAG_BITS = 4 | 64 | 128
 
 #: Flags that describe where a source is or how it was found, not that its measurement failed.
-INFORMATIONAL_FLAGS = ("HR_EDGE", "LR_BLENDED", "HR_RESIDUAL_DETECTION")
+INFORMATIONAL_FLAGS = ("HR_EDGE", "LR_BLENDED", "HR_RESIDUAL_DETECTION", "LR_ONLY")
 #: The bits of the other flags: a source with any of them is "flagged" (QA pictures, reports).
 MEASUREMENT_FLAG_BITS = sum(bit for name, bit in FLAGS.items() if name not in INFORMATIONAL_FLAGS)
 

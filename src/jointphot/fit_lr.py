@@ -7,6 +7,9 @@ see LR_NOISE_MODEL_SIGMA); errors are scaled by the variance factor
 of each source's flux weights under the measured noise correlation (warped coadds).  Pixels
 in the ignored mask planes, non-finite pixels, pixels with non-positive variance and LR
 pixels outside the HR cutout's footprint get zero weight.
+Sources the HR image does not show (a chip gap, an HR mask, too red) are searched for in the
+residual and added as LR-only point sources (lr_residual); the sky and the noise are measured only
+on pixels under HR data (elsewhere the residual holds such sources' light).
 Positions: HR position -> reference frame (HR offset) -> LR frame (LR offset) -> LR pixel.
 Shapes: the HR pixel-frame ellipse is mapped through both WCS Jacobians, so rotation,
 parity and pixel scale differences are exact.  LR flux errors combine the joint fit's
@@ -18,7 +21,9 @@ import dataclasses
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Table, vstack
+
+from scipy import ndimage
 
 from . import apcorr
 from . import conventions as cv
@@ -28,9 +33,10 @@ from .detect import tile_noise
 from .errors import JointphotError
 from .fit_hr import row_source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
+from .lr_residual import find_lr_only, fit_positions, lr_only_rows
 from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
 from .noise import mismatch_lag, residual_variance_factor, variance_factor, with_mismatch
-from .plan import band_plan, band_product, tile_path, tile_psf
+from .plan import band_plan, band_product, get_tile, tile_path, tile_psf
 
 #: Correlations of the LR noise are measured up to this lag [px], on pixels at least
 #: LR_NOISE_MASK_FWHM PSF FWHM + 2 px from any source.  Measured on 30" tiles of warped simulated
@@ -148,14 +154,19 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
         hr_hdr = hdul["HR_FIT"].header.copy()
     with read_tile_file(tile_path(directory, tile_id, "hr_cutout"), f"tile {tile_id}") as hdul:
         hr_header = hdul[0].header.copy()
-        hr_shape = hdul[0].data.shape
+        hr_invvar = hdul["WHT"].data
     lr_wcs = celestial_wcs(lr_header, cut_path, f"tile {tile_id}")
     hr_wcs = celestial_wcs(hr_header, "hr cutout", f"tile {tile_id}")
     psf = tile_psf(plan, tile_id, "lr")
     invvar, mask_from_header = lr_weights(image, mask, variance, mask_header, job["lr_mask_planes"],
                                           job["lr_large_image_name"])
     image = np.where(np.isfinite(image), image, 0.0)
-    invvar *= _inside_footprint(image.shape, lr_wcs, hr_wcs, hr_shape)
+    inside, under_hr = _inside_footprint(image.shape, lr_wcs, hr_wcs, hr_invvar)
+    invvar *= inside
+    # sky and noise where every source has an HR model: away from HR no-data pixels by 2 PSF FWHM
+    sky_region = inside & ~ndimage.binary_dilation(inside & ~under_hr, iterations=int(2 * psf.fwhm_pix) + 1)
+    if np.count_nonzero(sky_region & (invvar > 0)) < 50:
+        sky_region = inside
     fitted = hr_table[np.isfinite(hr_table["hr_flux"])]
     offsets = plan["astrometry_offsets_mas"]
 
@@ -165,23 +176,31 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     hr_sources = [row_source(row, flux=1.0) for row in fitted]
     sources = [to_lr(s) for s in hr_sources]
     n = len(sources)
-    flux = np.full(len(hr_table), np.nan)
-    err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
-    masked = np.ones(len(hr_table))
-    max_corr = np.zeros(len(hr_table))
-    valid_all = np.zeros(len(hr_table), bool)
-    idx = np.flatnonzero(np.isfinite(hr_table["hr_flux"]))
     # the noise from blank pixels (LR_NOISE_MODEL_SIGMA); an LR cutout of a small tile may have too few
     # (then white noise of the VARIANCE plane's scale, recorded as JP_NCORL = 1 and JP_WFACL = 1)
     _, first_model, _ = _solve_with_sky(image, invvar, psf, sources, engine, n_iter=0)
     lr_noise = tile_noise(image - first_model, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False,
                           dilate_pix=int(LR_NOISE_MASK_FWHM * psf.fwhm_pix) + 2,
-                          exclude=np.abs(first_model) * np.sqrt(invvar) > LR_NOISE_MODEL_SIGMA)
+                          exclude=(np.abs(first_model) * np.sqrt(invvar) > LR_NOISE_MODEL_SIGMA) | ~sky_region)
     wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
     correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor
-    res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine)
+    res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine, sky_pixels=sky_region)
+    # LR-only sources: the residual's significant peaks that no HR source explains
+    lr_only = find_lr_only(image - sky - model, invvar, model, psf, correlation, [(s.x, s.y) for s in sources])
+    if lr_only:
+        lr_only = fit_positions(image - sky - model, invvar, psf, engine, correlation, lr_only)
+        res, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine, sky_pixels=sky_region)
     image = image - sky
+    hr_table = vstack([hr_table, lr_only_rows(hr_table, lr_only, lr_wcs, hr_wcs, hr_header, plan, tile_id)])
+    sources = sources + lr_only
+    flux = np.full(len(hr_table), np.nan)
+    err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
+    masked = np.ones(len(hr_table))
+    max_corr = np.zeros(len(hr_table))
+    valid_all = np.zeros(len(hr_table), bool)
+    idx = np.concatenate([np.flatnonzero(np.isfinite(hr_table["hr_flux"])),
+                          np.arange(len(hr_table) - len(lr_only), len(hr_table))]).astype(int)
     chi2_dof = np.nan
     if res is not None:
         flux[idx], err[idx], masked[idx], valid_all[idx] = res.flux, res.flux_err, res.masked_fraction, res.valid
@@ -189,7 +208,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
         np.fill_diagonal(corr, 0.0)
-        max_corr[idx] = np.max(np.abs(np.nan_to_num(corr)), axis=1) if n > 1 else 0.0
+        max_corr[idx] = np.max(np.abs(np.nan_to_num(corr)), axis=1) if len(sources) > 1 else 0.0
         chi2_dof = res.chi2 / max(res.ndof, 1)
         renderer = PSFRenderer(psf)
         # the forced fit's error (shapes fixed: the colour error) under the measured noise correlation
@@ -204,8 +223,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
         # (HR covariances already hold the HR noise's variance factor; the LR one does not apply to them)
         propagated = np.array([shape_propagation(s, c, f, to_lr, renderer, invvar) if np.isfinite(f) else (0.0, 0.0)
                                for s, c, f in zip(hr_sources, covs, res.flux)]).reshape(-1, 2)
-        err_shape[idx] = np.sqrt(propagated[:, 0])
-        hr_cov[idx] = propagated[:, 1]
+        err_shape[idx[:n]] = np.sqrt(propagated[:, 0])
+        hr_cov[idx[:n]] = propagated[:, 1]
+        err_shape[idx[n:]] = 0.0          # LR-only: no HR shape, no HR flux
         err[idx] = np.hypot(err_fixed[idx], err_shape[idx])
     table = hr_table.copy()
     band_flags = np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)
@@ -259,20 +279,26 @@ def add_magnitudes(table, prefix, zeropoint):
     table[f"{prefix}_flux_ujy_err"] = e * c
 
 
-def _inside_footprint(shape, lr_wcs, hr_wcs, hr_shape):
-    """1 for LR pixels whose centre falls inside the HR cutout, else 0."""
+def _inside_footprint(shape, lr_wcs, hr_wcs, hr_invvar):
+    """(inside, under_hr_data): bool maps of the LR pixels whose centre falls inside the HR cutout, and of
+    those whose centre falls on an HR pixel with data (`hr_invvar` > 0)."""
     ny, nx = shape
     yy, xx = np.mgrid[:ny, :nx]
     world = lr_wcs.all_pix2world(np.column_stack([xx.ravel(), yy.ravel()]), 0)
     hxy = hr_wcs.all_world2pix(world, 0)
-    hny, hnx = hr_shape
+    hny, hnx = hr_invvar.shape
     inside = (hxy[:, 0] > -0.5) & (hxy[:, 0] < hnx - 0.5) & (hxy[:, 1] > -0.5) & (hxy[:, 1] < hny - 0.5)
-    return inside.reshape(shape).astype(float)
+    under = np.zeros(inside.shape, bool)
+    ix = np.floor(hxy[inside, 0] + 0.5).astype(int).clip(0, hnx - 1)
+    iy = np.floor(hxy[inside, 1] + 0.5).astype(int).clip(0, hny - 1)
+    under[inside] = hr_invvar[iy, ix] > 0
+    return inside.reshape(shape), under.reshape(shape)
 
 
-def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3):
+def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3, sky_pixels=None):
     """Joint fluxes and a constant sky by alternating solves (the sky: background.sextractor_sky of the
-    residual over the weighted pixels; n_iter=0: no sky).  Returns (FluxFit or None, model, sky [counts]).
+    residual over the weighted pixels, of `sky_pixels` only if given; n_iter=0: no sky).  Returns
+    (FluxFit or None, model, sky [counts]).
 
     On simulated fields whose faint galaxies no HR detection finds, the clipped median lifted the sky
     and gave isolated sources' fluxes chi medians of -0.05 to -0.17 in three bands; the mode gives
@@ -286,7 +312,7 @@ def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3):
         if sources:
             res = engine.solve_fluxes(image - sky, invvar, psf, sources)
             model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
-        sky = sextractor_sky((image - model)[good])
+        sky = sextractor_sky((image - model)[good if sky_pixels is None else good & sky_pixels])
     if sources:
         res = engine.solve_fluxes(image - sky, invvar, psf, sources)
         model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])

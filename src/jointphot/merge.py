@@ -16,6 +16,7 @@ import platform
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
@@ -28,6 +29,7 @@ from .errors import JointphotError
 from .fit_lr import add_magnitudes
 from .images import write_fits_atomic, write_text_atomic
 from .jobfile import band_job
+from .lr_residual import LR_ONLY_MATCH_ARCSEC, LR_ONLY_NUMBER_START, blank_rows
 from .plan import band_product, tile_path
 
 log = logging.getLogger("jointphot.merge")
@@ -174,7 +176,21 @@ def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
 def join_bands(bands: List[str], tables: Dict[str, Table]) -> Table:
     """One tile's catalogue from its bands' tables ({band: table}, the same HR rows in each): the HR columns
     once, each band's own columns, `flags` the OR of all; a band without a table gets NaN columns and
-    the flag LR_OFF_IMAGE (meta['missing_bands'])."""
+    the flag LR_OFF_IMAGE (meta['missing_bands']).  LR-only rows (lr_residual) of different bands
+    closer than LR_ONLY_MATCH_ARCSEC are one source, numbered again from LR_ONLY_NUMBER_START; a band
+    whose search did not find it gets NaN and LR_NOT_DETECTED."""
+    lr_only = {b: (np.asarray(t["flags"], np.int64) & cv.FLAGS["LR_ONLY"]) != 0 for b, t in tables.items()}
+    out = _join_hr_rows(bands, {b: t[~lr_only[b]] for b, t in tables.items()})
+    extra = _join_lr_only_rows(bands, {b: t[lr_only[b]] for b, t in tables.items()}, out)
+    if not len(extra):
+        return out
+    joined = vstack([out, extra], metadata_conflicts="silent")
+    joined.meta = out.meta
+    return joined
+
+
+def _join_hr_rows(bands: List[str], tables: Dict[str, Table]) -> Table:
+    """join_bands of the rows of HR sources."""
     first = tables[next(b for b in bands if b in tables)]
     template = next(b for b in bands if b in tables)
     out = Table([first[c] for c in first.colnames if not _is_band_column(c, bands)], meta=dict(first.meta))
@@ -200,6 +216,42 @@ def join_bands(bands: List[str], tables: Dict[str, Table]) -> Table:
                 name = band + col[len(template):]
                 out[name] = np.full(len(out), off, np.int32) if col.endswith("_flags") else np.full(len(out), np.nan)
     out["flags"] = flags.astype(np.int32)
+    return out
+
+
+def _join_lr_only_rows(bands: List[str], parts: Dict[str, Table], joined: Table) -> Table:
+    """Rows with the columns of `joined` (the tile's joined HR rows) for the LR-only rows of each band
+    ({band: rows}), those of different bands within LR_ONLY_MATCH_ARCSEC taken as one source."""
+    sources = []            # [(ra, dec), {band: row}]
+    for band in bands:
+        for row in parts.get(band, []):
+            here = SkyCoord(row["ra"], row["dec"], unit="deg")
+            near = [(here.separation(SkyCoord(*pos, unit="deg")).arcsec, rows) for pos, rows in sources
+                    if band not in rows]
+            near = [(d, rows) for d, rows in near if d < LR_ONLY_MATCH_ARCSEC]
+            if near:
+                min(near, key=lambda item: item[0])[1][band] = row
+            else:
+                sources.append(((float(row["ra"]), float(row["dec"])), {band: row}))
+    out = blank_rows(joined, len(sources))
+    for k, (_, rows) in enumerate(sources):
+        first = rows[next(b for b in bands if b in rows)]
+        flags = 0
+        for name in joined.colnames:
+            if not _is_band_column(name, bands) and name != "flags":
+                out[name][k] = first[name]
+        for band in bands:
+            if band in rows:
+                for name in rows[band].colnames:
+                    if name.startswith(f"{band}_"):
+                        out[name][k] = rows[band][name]
+                flags |= int(rows[band]["flags"])
+            else:
+                missing = cv.FLAGS["LR_OFF_IMAGE"] if band not in parts else cv.FLAGS["LR_NOT_DETECTED"]
+                out[f"{band}_flags"][k] = missing
+                flags |= missing
+        out["flags"][k] = flags
+    out["number"] = LR_ONLY_NUMBER_START + np.arange(len(sources))
     return out
 
 

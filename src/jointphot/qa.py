@@ -36,6 +36,8 @@ OUTLIER_CHI = 5.0
 STATUS_COLOURS = {"ok": "#4daf4a", "failed": "#e41a1c", "missing": "#bdbdbd"}
 #: Marker of each model type (catalogue `type`) on the tile pictures.
 TYPE_MARKERS = {"psf": "o", "rex": "D", "exp": "s", "dev": "^", "ser": "p", "comp": "h"}
+#: Tile pictures' marker colours: unflagged, flagged, LR-only.
+MARKER_COLOURS = ("#1b9e77", "#d95f02", "#e7298a")
 
 
 def require_matplotlib():
@@ -267,6 +269,9 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
     x0, y0 = hh.get("JP_X0", 0), hh.get("JP_Y0", 0)
     flagged = cv.is_flagged(table["flags"]) if len(table) else np.zeros(0, bool)
     types = np.asarray(table["type"]).astype(str) if len(table) else np.zeros(0, str)
+    lr_only = (np.asarray(table["flags"], np.int64) & cv.FLAGS["LR_ONLY"]) != 0 if len(table) else np.zeros(0, bool)
+    # marker colour: LR-only sources (lr_residual), else flagged or not
+    category = np.where(lr_only, 2, flagged.astype(int))
     lx, ly = _lr_positions(plan, table, im["lr"]["header"])
     hx = np.asarray(table["x"], float) if len(table) else np.zeros(0)
     hy = np.asarray(table["y"], float) if len(table) else np.zeros(0)
@@ -297,15 +302,16 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
             ax.add_patch(Polygon(core_xy, closed=True, fill=False, ls="--", lw=1.0, ec="#7570b3"))
             if len(xs):
                 for kind, marker in TYPE_MARKERS.items():
-                    for fl, colour in ((False, "#1b9e77"), (True, "#d95f02")):
-                        m = (types == kind) & (flagged == fl)
+                    for cat, colour in enumerate(MARKER_COLOURS):
+                        m = (types == kind) & (category == cat)
                         if m.any():
                             ax.scatter(xs[m], ys[m], s=90, marker=marker, facecolors="none", edgecolors=colour,
                                        linewidths=1.0)
                 if name == "data":
-                    ax.legend(handles=[Line2D([], [], ls="", marker=mk, mfc="none", mec="#1b9e77", label=k)
+                    ax.legend(handles=[Line2D([], [], ls="", marker=mk, mfc="none", mec=MARKER_COLOURS[0], label=k)
                                        for k, mk in TYPE_MARKERS.items()]
-                              + [Line2D([], [], ls="", marker="o", mfc="none", mec="#d95f02", label="flagged")],
+                              + [Line2D([], [], ls="", marker="o", mfc="none", mec=MARKER_COLOURS[1], label="flagged"),
+                                 Line2D([], [], ls="", marker="o", mfc="none", mec=MARKER_COLOURS[2], label="LR-only")],
                               loc="upper right", fontsize=7, ncol=3, framealpha=0.6)
             ny, nx = np.shape(arr)
             ax.set_xlim(-0.5, nx - 0.5)
@@ -327,7 +333,7 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
                  f"{int(flagged.sum())} flagged)"
                  + (f", {status['seconds']:.0f} s" if status else "")
                  + "\nmarkers: model type (legend); green: unflagged; orange: flagged (informational flags "
-                   "aside); dashed: the tile's core; yellow: ignored pixels", fontsize=11)
+                   "aside); magenta: LR-only; dashed: the tile's core; yellow: ignored pixels", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path)
     return path

@@ -53,13 +53,14 @@ TRUNCATE_MIN_N = 1.5     # --galaxies truncated: only profiles with n > TRUNCATE
 #: exposure; LR counts (zeropoint 27) are taken as e-/s of a 1200 s coadd.
 ELECTRONS_PER_COUNT = {"hr": 2028.0, "lr": 1200.0}
 WARP_SHIFT = (0.3, 0.7)  # px: range of the sub-pixel shift of the Lanczos-3 warp kernel (--lr-noise warped)
+HR_GAP_CENTRE = 0.4      # --hr-gap: x of the strip's centre as a fraction of the field (off the tile boundaries)
 
 
 def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.0), lr_offset_mas=(-45.0, 30.0),
                    lr_rotation_deg=1.0, hr_fwhm_arcsec=0.10, lr_fwhm_arcsec=0.6, lr_moffat_beta=3.0,
                    hr_depth_mag=27.5, lr_depth_mag=25.7, galaxies="truncated", hr_noise="white", lr_noise="white",
                    poisson=False, psf_light_fraction=(1.0, 1.0), star_fraction=STAR_FRACTION, star_mags=STAR_MAGS,
-                   galaxy_mags=GALAXY_MAGS):
+                   galaxy_mags=GALAXY_MAGS, hr_gap_arcsec=0.0):
     """Simulate a square HR field of `size_arcsec` (arcsec) and its LR counterpart into `outdir`.
 
     hr/lr_offset_mas: astrometric offset (dRA cos dec, dDec) of each image, image - reference, mas.
@@ -77,6 +78,9 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     psf_light_fraction: (HR, LR) fraction of the PSF's light kept in the written PSF files (cut at a
     radius, renormalised to unit sum); the images are drawn with the whole PSF.
     star_fraction, star_mags, galaxy_mags: fraction of stars; (min, max) HR AB magnitudes, uniform.
+    hr_gap_arcsec: width of a vertical strip (centred at HR_GAP_CENTRE of the field) where the HR image
+    has no data (image 0, weight 0), like a chip gap; the LR images cover it.  Truth: in_hr_gap, and
+    hr_snr 0 there.
     Returns {name: path} of the files written (hr, hr_wht, lr, psf files, astrometry files,
     truth, job, job_seed).
     """
@@ -191,6 +195,10 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     hr_data = hr_img.array + hr_unit * hr_sigma
     if poisson:
         hr_data += shot_noise(hr_img.array, ELECTRONS_PER_COUNT["hr"], rng)
+    in_gap = np.abs(src["x_arcsec"] - HR_GAP_CENTRE * size_arcsec) < hr_gap_arcsec / 2.0
+    gap_columns = np.abs(np.arange(n_hr) * HR_SCALE - HR_GAP_CENTRE * size_arcsec) < hr_gap_arcsec / 2.0
+    hr_data[:, gap_columns] = 0.0
+    hr_snr[in_gap] = 0.0
     hr_data = hr_data.astype(np.float32)
     lr_model = lr_img.array
     mask[lr_model > 2.0 * lr_sigma] |= bits["DETECTED"]
@@ -221,7 +229,7 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     fits.PrimaryHDU(hr_data, header=hr_header).writeto(paths["hr"], overwrite=True)
     wht_header = _wcs_header(hr_wcs)
     wht_header["BUNIT"] = ("1/COUNTS**2", "inverse variance (MAP_WEIGHT)")
-    fits.PrimaryHDU((1.0 / hr_sigma ** 2).astype(np.float32), header=wht_header).writeto(paths["hr_wht"], overwrite=True)
+    fits.PrimaryHDU(np.where(gap_columns, 0.0, 1.0 / hr_sigma ** 2).astype(np.float32), header=wht_header).writeto(paths["hr_wht"], overwrite=True)
     _write_lr(paths["lr"], lr_wcs, lr_data.astype(np.float32), mask, variance.astype(np.float32), seed)
 
     _write_offsets(paths["hr_astro"], hr_offset_mas, rng)
@@ -241,6 +249,9 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
             "LR_SIG": (lr_sigma, "[count] LR pixel noise sigma"),
             "LR_ROT": (lr_rotation_deg, "[deg] rotation of the LR pixel grid"),
             "ISO_RAD": (ISOLATION_RADIUS, "[arcsec] isolation radius of column isolated")}
+    if hr_gap_arcsec > 0:
+        meta["HR_GAP"] = (hr_gap_arcsec, "[arcsec] width of the HR no-data strip (column in_hr_gap)")
+        meta["HR_GAPX"] = (HR_GAP_CENTRE * size_arcsec, "[arcsec] x of its centre from the field's left edge")
     options = (galaxies, hr_noise, lr_noise, poisson, tuple(psf_light_fraction), star_fraction, tuple(star_mags),
                tuple(galaxy_mags))
     if options != ("sersic", "white", "white", False, (1.0, 1.0), STAR_FRACTION, STAR_MAGS, GALAXY_MAGS):
@@ -296,6 +307,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         ("y_lr", y_lr, "pix", "0-based y on lr.fits IMAGE (offset applied)"),
         ("lr_masked_frac", lr_masked, None, "fraction of the LR flux on BAD/SAT/NO_DATA pixels"),
     ]
+    if hr_gap_arcsec > 0:
+        columns.append(("in_hr_gap", in_gap, None, "centre in the HR no-data strip (HR_GAP)"))
     if galaxies != "sersic":
         columns += [(name, src[name], unit, comment) for name, unit, comment in COMPONENT_COLUMNS
                     if galaxies == "composite" or name == "trunc_arcsec"]
