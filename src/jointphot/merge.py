@@ -170,18 +170,20 @@ def read_tile_catalogues(plan, paths: Iterable[str]) -> Dict[int, Table]:
         if band in per_tile.get(tile_id, {}):
             raise JointphotError(f"merge: two catalogues of tile {tile_id} band {band}: {path!r} and another file")
         per_tile.setdefault(tile_id, {})[band] = table
-    return {tile_id: join_bands(list(plan["bands"]), tables) for tile_id, tables in per_tile.items()}
+    footprints = {b: band.get("corners_radec") for b, band in plan["bands"].items()}
+    return {tile_id: join_bands(list(plan["bands"]), tables, footprints) for tile_id, tables in per_tile.items()}
 
 
-def join_bands(bands: List[str], tables: Dict[str, Table]) -> Table:
+def join_bands(bands: List[str], tables: Dict[str, Table], footprints: Optional[Dict[str, list]] = None) -> Table:
     """One tile's catalogue from its bands' tables ({band: table}, the same HR rows in each): the HR columns
     once, each band's own columns, `flags` the OR of all; a band without a table gets NaN columns and
     the flag LR_OFF_IMAGE (meta['missing_bands']).  LR-only rows (lr_residual) of different bands
     closer than LR_ONLY_MATCH_ARCSEC are one source, numbered again from LR_ONLY_NUMBER_START; a band
-    whose search did not find it gets NaN and LR_NOT_DETECTED."""
+    whose search did not find it gets NaN and LR_NOT_DETECTED, or LR_OFF_IMAGE where it lies outside
+    the band's image (`footprints`: {band: its image's four corners as [ra, dec] (plan 'corners_radec')})."""
     lr_only = {b: (np.asarray(t["flags"], np.int64) & cv.FLAGS["LR_ONLY"]) != 0 for b, t in tables.items()}
     out = _join_hr_rows(bands, {b: t[~lr_only[b]] for b, t in tables.items()})
-    extra = _join_lr_only_rows(bands, {b: t[lr_only[b]] for b, t in tables.items()}, out)
+    extra = _join_lr_only_rows(bands, {b: t[lr_only[b]] for b, t in tables.items()}, out, footprints or {})
     if not len(extra):
         return out
     joined = vstack([out, extra], metadata_conflicts="silent")
@@ -219,7 +221,7 @@ def _join_hr_rows(bands: List[str], tables: Dict[str, Table]) -> Table:
     return out
 
 
-def _join_lr_only_rows(bands: List[str], parts: Dict[str, Table], joined: Table) -> Table:
+def _join_lr_only_rows(bands: List[str], parts: Dict[str, Table], joined: Table, footprints) -> Table:
     """Rows with the columns of `joined` (the tile's joined HR rows) for the LR-only rows of each band
     ({band: rows}), those of different bands within LR_ONLY_MATCH_ARCSEC taken as one source."""
     sources = []            # [(ra, dec), {band: row}]
@@ -247,12 +249,24 @@ def _join_lr_only_rows(bands: List[str], parts: Dict[str, Table], joined: Table)
                         out[name][k] = rows[band][name]
                 flags |= int(rows[band]["flags"])
             else:
-                missing = cv.FLAGS["LR_OFF_IMAGE"] if band not in parts else cv.FLAGS["LR_NOT_DETECTED"]
+                covered = band in parts and (footprints.get(band) is None
+                                             or _inside(first["ra"], first["dec"], footprints[band]))
+                missing = cv.FLAGS["LR_NOT_DETECTED"] if covered else cv.FLAGS["LR_OFF_IMAGE"]
                 out[f"{band}_flags"][k] = missing
                 flags |= missing
         out["flags"][k] = flags
     out["number"] = LR_ONLY_NUMBER_START + np.arange(len(sources))
     return out
+
+
+def _inside(ra, dec, corners) -> bool:
+    """True when (ra, dec) [deg] lies inside the convex quadrilateral of `corners` ([ra, dec] in order),
+    on the tangent plane at the point (images are far smaller than a radian)."""
+    c = np.asarray(corners, float)
+    dx = ((c[:, 0] - ra + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
+    dy = c[:, 1] - dec
+    cross = dx * np.roll(dy, -1) - dy * np.roll(dx, -1)
+    return bool(np.all(cross > 0) or np.all(cross < 0))
 
 
 def _is_band_column(name: str, bands: List[str]) -> bool:

@@ -48,7 +48,10 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
     for name in band_names(job):
         view = band_job(job, name)
         lr_wcs, lr_shape = _check_lr_image(view, hr_wcs, hr_shape)
-        bands[name] = {"shape": list(lr_shape), "pixel_scale_arcsec": pixel_scale_arcsec(lr_wcs), "wcs": lr_wcs}
+        ny, nx = lr_shape
+        corners = lr_wcs.all_pix2world([[-0.5, -0.5], [nx - 0.5, -0.5], [nx - 0.5, ny - 0.5], [-0.5, ny - 0.5]], 0)
+        bands[name] = {"shape": list(lr_shape), "pixel_scale_arcsec": pixel_scale_arcsec(lr_wcs), "wcs": lr_wcs,
+                       "corners_radec": corners.tolist()}
     offsets = {"hr": _offsets(job, "hr")}
     offsets.update({name: _offsets(band_job(job, name), "lr") for name in bands})
     n_tiles = int(np.prod([np.ceil(n * hr_scale / size) for n, size in zip(hr_shape[::-1], job["cutoutsize_arcsec"])]))
