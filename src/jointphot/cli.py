@@ -15,8 +15,8 @@ from . import __version__
 from .errors import Interrupted, JointphotError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["auto", "native", "tractor"]), default=None,
-                             help="Fitting engine (default: the job's `engine` key, else auto = the Tractor "
-                                  "when it imports, else native).")
+                             help="Fitting engine (default: the job's `engine` key, native by default; auto = the "
+                                  "Tractor when it imports, else native).")
 
 
 class _Group(click.Group):

@@ -65,7 +65,7 @@ KEYS: Dict[str, tuple] = {
     "psfex_mag": ("float", 21.0, "MAG_AUTO at which magnitude-dependent PSFEx models are evaluated"),
     "lr_mask_planes": ("list", list(DEFAULT_LR_IGNORED_PLANES), "LR mask planes whose pixels are ignored"),
     "sextractor_settings": ("dict", {}, "SExtractor keyword overrides for HR detection"),
-    "engine": ("choice", "auto", "fitting engine: auto | native | tractor"),
+    "engine": ("choice", "native", "fitting engine: native (default) | tractor | auto (the Tractor if it imports)"),
     "lr_band": ("str", "lr", "name of the LR band: column prefix in the catalogue and in tile file names "
                              "(a letter, then letters or digits; not 'hr')"),
     "lr_bands": ("bands", None, "several LR bands: a list of objects, one per band, each with the per-band keys "

@@ -159,7 +159,7 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "auto",
+def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "native",
              band: Optional[str] = None) -> None:
     """Run one step of one tile (fit-lr: of LR band `band`; None: every band, one after the other), then
     record that it finished for this job (a .done marker).

@@ -5,7 +5,7 @@ from ..errors import JointphotError
 from .base import Engine
 
 
-def get_engine(name: str = "auto") -> Engine:
+def get_engine(name: str = "native") -> Engine:
     """Engine by name: 'native', 'tractor', or 'auto' (the Tractor when it imports, else native)."""
     from .native import NativeEngine
 
