@@ -25,6 +25,16 @@ def test_mixture_encloses_the_sersic_light(n):
         assert mix == pytest.approx(exact, abs=tol), (n, r)
 
 
+def test_stored_mixture_table_is_the_fit():
+    """data/sersic_mixtures.npy holds fit_mixture of every node of the n grid (regenerate with
+    `python -m jointphot.models` when the mixture or the grid changes)."""
+    table = np.load(models.MIXTURE_TABLE)
+    nodes = models._grid_nodes()
+    assert table.shape == (len(nodes), len(models.MOG_SIGMAS))
+    for i in (0, 1, 25, 50, 137, len(nodes) - 1):
+        np.testing.assert_allclose(table[i], models.fit_mixture(nodes[i]), rtol=0, atol=1e-10, err_msg=str(nodes[i]))
+
+
 @pytest.mark.parametrize("n", [1.0, 4.0])
 def test_profiles_are_cut_at_8_re_like_galsim_trunc(n):
     """The profile integrates to 1 and is zero beyond 8 r_e; its flux fraction of the

@@ -33,8 +33,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from scipy.optimize import brentq
-from scipy.signal import fftconvolve
 
+from .convolution import fftconvolve
 from .errors import JointphotError
 from .noise import measure_noise, noise_model_hdu, source_mask, variance_factor, white_noise
 

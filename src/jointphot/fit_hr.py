@@ -33,12 +33,12 @@ from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table, vstack
 from scipy import ndimage
-from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
 from . import apcorr
 from .background import mesh_background
 from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
+from .convolution import fftconvolve
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS, TYPE_OF_KIND, Source
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
@@ -344,6 +344,8 @@ class GroupFitter:
 
     def __init__(self, image, invvar, segmap, numbers, re_max, psf, engine, job, correlation=None):
         self.image, self.invvar, self.segmap, self.numbers = image, invvar, segmap, numbers
+        #: bounding slices of each segment (index NUMBER - 1; None where a NUMBER has no pixel)
+        self.segment_slices = ndimage.find_objects(segmap)
         self.re_max, self.psf, self.engine, self.job = re_max, psf, engine, job
         self.correlation = correlation or white_noise()
         #: source index -> Choice, kept from the pass that chose the model
@@ -374,11 +376,14 @@ class GroupFitter:
         """(y0, y1, x0, x1): bounding box of the members' segments plus one PSF FWHM and
         BOX_MARGIN, clipped to the image (or to the box `within`)."""
         ny, nx = self.image.shape
-        ys, xs = np.nonzero(np.isin(self.segmap, self.numbers[members]))
+        slices = [self.segment_slices[n - 1] for n in np.asarray(self.numbers[members], int)
+                  if 0 < n <= len(self.segment_slices) and self.segment_slices[n - 1] is not None]
+        if not slices:
+            raise ValueError(f"no segment pixel for the sources {list(self.numbers[members])}")
         pad = int(np.ceil(self.psf.fwhm_pix)) + BOX_MARGIN
         lo_y, hi_y, lo_x, hi_x = within if within is not None else (0, ny, 0, nx)
-        return (max(lo_y, ys.min() - pad), min(hi_y, ys.max() + pad + 1),
-                max(lo_x, xs.min() - pad), min(hi_x, xs.max() + pad + 1))
+        return (max(lo_y, min(s[0].start for s in slices) - pad), min(hi_y, max(s[0].stop for s in slices) + pad),
+                max(lo_x, min(s[1].start for s in slices) - pad), min(hi_x, max(s[1].stop for s in slices) + pad))
 
     def fit_group(self, sources, members, choose: bool):
         """Fit one group on its box (other groups' segments masked); returns HRResults."""

@@ -21,10 +21,10 @@ from typing import List
 import numpy as np
 from astropy.table import Table
 from scipy import ndimage
-from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
 from . import conventions as cv
+from .convolution import fftconvolve
 from .engines.base import TYPE_OF_KIND, Source
 from .noise import variance_factor
 from .plan import get_tile

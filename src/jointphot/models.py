@@ -30,6 +30,7 @@ width), which avoids wrap-around without huge FFTs.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
@@ -71,9 +72,13 @@ def sersic_profile(r, n):
     return np.where(r < TRUNCATION_RADIUS, _untruncated_sersic(r, n), 0.0) / truncated_flux_fraction(n)
 
 
-@functools.lru_cache(maxsize=None)
-def _mixture_at_node(node: int) -> np.ndarray:
-    """Amplitudes of `MOG_SIGMAS` for n = node * N_GRID_STEP."""
+#: The amplitudes of every node of the n grid over SERSIC_N_RANGE, as fit_mixture gives them
+#: (written by `python -m jointphot.models`; tests/test_models.py checks them against fit_mixture).
+MIXTURE_TABLE = Path(__file__).resolve().parent / "data" / "sersic_mixtures.npy"
+
+
+def fit_mixture(node: int) -> np.ndarray:
+    """Amplitudes of `MOG_SIGMAS` for n = node * N_GRID_STEP (an NNLS fit, ~15 ms)."""
     n = node * N_GRID_STEP
     r = _RADII
     weight = r                                       # r I(r): flux per ln r over r
@@ -83,6 +88,22 @@ def _mixture_at_node(node: int) -> np.ndarray:
     target = np.concatenate([sersic_profile(r, n) * weight, [100.0], np.zeros(k)])
     amps, _ = nnls(design, target, maxiter=50 * k)
     return amps / amps.sum()
+
+
+def _grid_nodes() -> range:
+    """The nodes of the n grid over SERSIC_N_RANGE."""
+    return range(int(round(SERSIC_N_RANGE[0] / N_GRID_STEP)), int(round(SERSIC_N_RANGE[1] / N_GRID_STEP)) + 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_table() -> dict:
+    """{node: amplitudes} from MIXTURE_TABLE (fitted once, not in every process)."""
+    return dict(zip(_grid_nodes(), np.load(MIXTURE_TABLE)))
+
+
+def _mixture_at_node(node: int) -> np.ndarray:
+    """Amplitudes of `MOG_SIGMAS` for n = node * N_GRID_STEP."""
+    return _mixture_table()[node]
 
 
 def _grid_cell(n: float):
@@ -396,3 +417,7 @@ def render_sources(shape, renderer: PSFRenderer, sources) -> np.ndarray:
         stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
         add_stamp(model, stamp, x0, y0, src.flux)
     return model
+
+
+if __name__ == "__main__":
+    np.save(MIXTURE_TABLE, np.array([fit_mixture(node) for node in _grid_nodes()]))

@@ -24,8 +24,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from scipy import fft, ndimage
-from scipy.signal import fftconvolve
 
+from .convolution import fftconvolve
 from .errors import JointphotError
 
 #: Robust sigma of a normal sample = this x its median absolute deviation.

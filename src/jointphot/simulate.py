@@ -19,11 +19,11 @@ import os
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 from scipy.special import gammaincinv
 
 from . import conventions
+from .convolution import fftconvolve
 from .errors import JointphotError
 from .noise import NoiseModel, variance_factor
 from .psf import psfex_exponents, write_psfex
