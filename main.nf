@@ -62,32 +62,32 @@ workflow JOINTPHOT {
     ch_plan = PLAN.out.plan                         // a value channel (all PLAN inputs are values): every task gets plan.json
     ch_versions = ch_versions.mix(PLAN.out.versions)
 
-    // fan out: one item per selected tile id, read from plan.json
-    ch_tile_ids = PLAN.out.plan.flatMap { plan ->
+    // fan out: one meta map [id: tile id] per selected tile, read from plan.json
+    ch_tiles = PLAN.out.plan.flatMap { plan ->
         try {
             def ids = Jointphot.selectTiles(plan, P.tiles)
             Jointphot.plannedTiles.addAll(ids)
             log.info "jointphot: ${ids.size()} tile(s) to run: ${ids.join(', ')}"
-            return ids
+            return ids.collect { [id: it] }
         } catch (IllegalArgumentException e) {
             error(e.message)
         }
     }
 
-    CUTOUT(ch_tile_ids, ch_plan, inputs)
+    CUTOUT(ch_tiles, ch_plan, inputs)
     DETECT(CUTOUT.out.tile, ch_plan, inputs)
 
-    // a tile's files accumulate from step to step (join drops the tiles that failed)
-    ch_fit_hr_in = CUTOUT.out.tile.join(DETECT.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    // a tile's files accumulate from step to step (join on meta drops the tiles that failed)
+    ch_fit_hr_in = CUTOUT.out.tile.join(DETECT.out.tile).map { meta, a, b -> [meta, [a, b].flatten()] }
     def failTiles = Jointphot.parseTiles(P.fail_tiles) ?: []       // testing only
-    FIT_HR(ch_fit_hr_in.map { id, files -> [id, files, failTiles.contains(id as int)] }, ch_plan, inputs)
+    FIT_HR(ch_fit_hr_in.map { meta, files -> [meta, files, failTiles.contains(meta.id)] }, ch_plan, inputs)
 
     // one FIT_LR per (tile, LR band), each with the tile's HR products and the band's cutout
     ch_bands = PLAN.out.plan.map { plan -> [Jointphot.bandNames(plan)] }
-    ch_tile_files = ch_fit_hr_in.join(FIT_HR.out.tile).map { id, a, b -> [id, [a, b].flatten()] }
+    ch_tile_files = ch_fit_hr_in.join(FIT_HR.out.tile).map { meta, a, b -> [meta, [a, b].flatten()] }
     def failBands = (P.fail_bands ?: '').tokenize(',')                  // testing only: 'TILE:BAND'
-    ch_fit_lr_in = ch_tile_files.combine(ch_bands).flatMap { id, files, bands ->
-        bands.collect { band -> [id, band, files.findAll { Jointphot.fitLrInput(it.name, band) }, failBands.contains("${id}:${band}" as String)] }
+    ch_fit_lr_in = ch_tile_files.combine(ch_bands).flatMap { meta, files, bands ->
+        bands.collect { band -> [meta + [band: band], files.findAll { Jointphot.fitLrInput(it.name, band) }, failBands.contains("${meta.id}:${band}" as String)] }
     }
     FIT_LR(ch_fit_lr_in, ch_plan, inputs)
 
@@ -95,22 +95,22 @@ workflow JOINTPHOT {
 
     // merge waits for every band of every tile; the tiles of which no band got through are passed as
     // --missing-tiles (a tile missing some bands is merged with those bands' columns NaN)
-    ch_merge = ch_tile_ids.toList().map { [planned: it] }
+    ch_merge = ch_tiles.toList().map { [planned: it] }
         .combine(FIT_LR.out.tile.toList().map { [done: it] })
         .filter { planned, done -> done.done }      // nothing to merge when every tile failed
         .multiMap { planned, done ->
-            def doneIds = done.done.collect { it[0] as int }.unique()
+            def doneIds = done.done.collect { meta, files -> meta.id }.unique()
             Jointphot.mergedTiles.addAll(doneIds)
-            lr_fits: done.done.sort { a, b -> (a[0] as int) <=> (b[0] as int) ?: a[1] <=> b[1] }.collect { it[2] }.flatten()
+            lr_fits: done.done.sort { a, b -> a[0].id <=> b[0].id ?: a[0].band <=> b[0].band }.collect { it[1] }.flatten()
                          .findAll { it.name ==~ /t\d{4}_[A-Za-z][A-Za-z0-9]*_fit\.fits/ }
-            missing: (planned.planned.collect { it as int } - doneIds).sort().join(',')
+            missing: (planned.planned.collect { it.id } - doneIds).sort().join(',')
         }
     MERGE(ch_merge.lr_fits, ch_plan, ch_merge.missing, inputs)
     ch_versions = ch_versions.mix(MERGE.out.versions)
 
     // QA pictures from the finished tiles and the merged catalogue
     if (params.qa) {
-        ch_qa_files = ch_tile_files.map { id, files -> files }.mix(FIT_LR.out.tile.map { id, band, files -> files }).flatten().collect()
+        ch_qa_files = ch_tile_files.map { meta, files -> files }.mix(FIT_LR.out.tile.map { meta, files -> files }).flatten().collect()
         QA(ch_qa_files, MERGE.out.catalog, ch_plan, inputs)
         ch_versions = ch_versions.mix(QA.out.versions)
     }

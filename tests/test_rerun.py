@@ -58,3 +58,21 @@ def test_rerun_of_a_file_without_a_job_fails_clearly(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "'plain.fits' is not a jointphot catalogue with a JOB extension" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_pipeline_tasks_report_the_catalogues_versions(tmp_path, small_run):
+    """`jointphot versions PROCESS --tool source-extractor` (every module's versions.yml) names the same
+    versions as the catalogue's JOB extension and its detections' JP_SEXV card."""
+    from jointphot import __version__
+    from jointphot.merge import job_from_catalogue
+    proc = jp("versions", "JOINTPHOT:DETECT", "--tool", "source-extractor", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == '"JOINTPHOT:DETECT":'
+    reported = dict(line.strip().split(": ", 1) for line in lines[1:])
+    _, stored = job_from_catalogue(str(small_run / "field" / "cat.fits"))
+    assert reported["jointphot"] == __version__
+    for name in ("python", "numpy", "scipy", "astropy"):
+        assert reported[name] == stored[name], name
+    detections = next((small_run / "field").rglob("t0000_hr_detections.fits"))
+    assert reported["source-extractor"] == fits.getheader(detections, "CATALOG")["JP_SEXV"] != "unknown"

@@ -1,20 +1,23 @@
 // Fit HR: model fit of the HR detections of one tile (the priors for the LR fit).
 process FIT_HR {
-    tag "tile ${tile_id}"
+    tag "tile ${meta.id}"
     label 'process_medium'
-    errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, tile_id) }
+    errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, meta.id) }
 
     input:
-    tuple val(tile_id), path(tile_files), val(broken)   // cutouts + detections; broken: --fail_tiles (testing only)
+    tuple val(meta), path(tile_files), val(broken)  // meta [id: tile id]; cutouts + detections; broken: --fail_tiles (testing only)
     path plan
     path inputs, stageAs: 'inputs/in*/*'            // PSF and astrometry files are read here
 
     output:
-    tuple val(tile_id), path("t${Jointphot.nnnn(tile_id)}_*"), emit: tile   // tNNNN_hr_fit.fits, tNNNN_hr_images.fits
+    tuple val(meta), path("t${Jointphot.nnnn(meta.id)}_*"), emit: tile   // tNNNN_hr_fit.fits, tNNNN_hr_images.fits
     path 'versions.yml'                                      , emit: versions
 
+    when:
+    task.ext.when == null || task.ext.when
+
     script:
-    def n = Jointphot.nnnn(tile_id)
+    def n = Jointphot.nnnn(meta.id)
     // broken (--fail_tiles, testing only): give this tile a corrupt detection catalogue, so that the
     // real `jointphot fit-hr` fails on it (the staged link is replaced; the original file is untouched).
     // It is an input, not a params lookup, so that only the broken tile's task hash changes.
@@ -22,20 +25,15 @@ process FIT_HR {
     """
     export OMP_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus}
     ${breakIt}
-    jointphot fit-hr ${plan} --tile ${tile_id} --dir . --engine ${params.engine}
+    jointphot fit-hr ${plan} --tile ${meta.id} --dir . ${task.ext.args ?: ''}
 
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        jointphot: \$(jointphot --version 2>&1 | sed 's/^.*version //')
-    END_VERSIONS
-    python3 -c 'import platform, numpy, scipy, astropy
-    for k, v in (("python", platform.python_version()), ("numpy", numpy.__version__), ("scipy", scipy.__version__), ("astropy", astropy.__version__)): print("    %s: %s" % (k, v))' >> versions.yml || true
+    jointphot versions "${task.process}" > versions.yml
     """
 
     stub:
-    def n = Jointphot.nnnn(tile_id)
+    def n = Jointphot.nnnn(meta.id)
     """
-    ${broken ? "echo 'jointphot: error: tile ${tile_id} broken on purpose by --fail_tiles (stub)' >&2; exit 1" : ''}
+    ${broken ? "echo 'jointphot: error: tile ${meta.id} broken on purpose by --fail_tiles (stub)' >&2; exit 1" : ''}
     touch t${n}_hr_fit.fits t${n}_hr_images.fits
     printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
     """

@@ -1,7 +1,7 @@
 // Merge: one catalogue from the tile catalogues (overlap ownership by tile core); the tiles that
 // failed are passed as --missing-tiles and recorded in the catalogue header.
 process MERGE {
-    tag "${params.out_prefix ?: 'jointphot'}"
+    tag "${task.ext.prefix ?: 'jointphot'}"
     label 'process_single'
 
     input:
@@ -13,20 +13,17 @@ process MERGE {
     output:
     path 'catalog.fits'           , emit: catalog
     path 'catalog*README*'        , emit: readme, optional: true
-    path '*.{png,pdf}'            , emit: qa    , optional: true
     path 'versions.yml'           , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
 
     script:
     def missing = missing_tiles ? "--missing-tiles ${missing_tiles}" : ''
     """
-    jointphot merge ${plan} -o catalog.fits ${missing} ${lr_fits}
+    jointphot merge ${plan} -o catalog.fits ${missing} ${task.ext.args ?: ''} ${lr_fits}
 
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        jointphot: \$(jointphot --version 2>&1 | sed 's/^.*version //')
-    END_VERSIONS
-    python3 -c 'import platform, numpy, scipy, astropy
-    for k, v in (("python", platform.python_version()), ("numpy", numpy.__version__), ("scipy", scipy.__version__), ("astropy", astropy.__version__)): print("    %s: %s" % (k, v))' >> versions.yml || true
+    jointphot versions "${task.process}" > versions.yml
     """
 
     stub:

@@ -1,7 +1,7 @@
 // Plan: write the job file from the pipeline parameters and resolve it into plan.json
 // (the resolved job with absolute paths + the tile grid). One task per run.
 process PLAN {
-    tag "${params.out_prefix ?: 'jointphot'}"
+    tag "${task.ext.prefix ?: 'jointphot'}"
     label 'process_single'
 
     input:
@@ -13,18 +13,16 @@ process PLAN {
     path 'job.json'    , emit: job
     path 'versions.yml', emit: versions
 
+    when:
+    task.ext.when == null || task.ext.when
+
     script:
     def quoted = job_json.replace("'", "'\\''")
     """
     printf '%s\\n' '${quoted}' > job.json
-    jointphot plan job.json -o plan.json
+    jointphot plan job.json -o plan.json ${task.ext.args ?: ''}
 
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        jointphot: \$(jointphot --version 2>&1 | sed 's/^.*version //')
-    END_VERSIONS
-    python3 -c 'import platform, numpy, scipy, astropy
-    for k, v in (("python", platform.python_version()), ("numpy", numpy.__version__), ("scipy", scipy.__version__), ("astropy", astropy.__version__)): print("    %s: %s" % (k, v))' >> versions.yml || true
+    jointphot versions "${task.process}" > versions.yml
     """
 
     stub:

@@ -2,7 +2,7 @@
 // detections; for the run: tile map by status, LR vs HR magnitude, errors, residual statistics,
 // summary.html). A failure here (e.g. no matplotlib) costs no result: it is a warning.
 process QA {
-    tag "${params.out_prefix ?: 'jointphot'}"
+    tag "${task.ext.prefix ?: 'jointphot'}"
     label 'process_single'
 
     input:
@@ -15,6 +15,9 @@ process QA {
     path 'qa/*'        , emit: qa, optional: true
     path 'versions.yml', emit: versions
 
+    when:
+    task.ext.when == null || task.ext.when
+
     script:
     """
     # `jointphot qa` reads the tiles from <workdir>/tiles/NNNN: lay the staged files out so, with workdir "."
@@ -26,11 +29,7 @@ process QA {
     jointphot qa qa_plan.json -o qa --jobs ${task.cpus} \\
         || echo "WARNING: jointphot qa failed (exit \$?): no QA pictures; the catalogue is not affected" >&2
 
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        jointphot: \$(jointphot --version 2>&1 | sed 's/^.*version //')
-    END_VERSIONS
-    python3 -c 'import matplotlib; print("    matplotlib: " + matplotlib.__version__)' >> versions.yml 2>/dev/null || true
+    jointphot versions "${task.process}" --tool matplotlib > versions.yml
     """
 
     stub:

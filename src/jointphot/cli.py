@@ -467,6 +467,33 @@ def rerun_command(ctx, catalogue, directory, jobs, output):
     ctx.invoke(run_command, job=path, tiles="all", jobs=jobs, engine=engine, force=False, output=output, no_qa=True)
 
 
+@main.command("versions")
+@click.argument("process")
+@click.option("--tool", "tools", multiple=True, type=click.Choice(["source-extractor", "matplotlib"]),
+              help="Also report this tool's version (repeatable).")
+def versions_command(process, tools):
+    """Print the versions.yml of a Nextflow task PROCESS: jointphot, Python and the packages the numbers
+    depend on (as the catalogue's JOB extension records them), and each --tool.  The pipeline's
+    modules all report their versions with it."""
+    from .merge import tool_versions
+    versions = {"jointphot": __version__, **tool_versions()}
+    for tool in tools:
+        if tool == "source-extractor":
+            from .detect import FALLBACK_COMMANDS, find_sextractor, sextractor_version
+            try:
+                versions[tool] = sextractor_version(find_sextractor(FALLBACK_COMMANDS[0]))
+            except JointphotError:
+                versions[tool] = "not found"
+        else:
+            try:
+                versions[tool] = __import__(tool).__version__
+            except ImportError:
+                versions[tool] = "not installed"
+    click.echo(f'"{process}":')
+    for name, version in versions.items():
+        click.echo(f"    {name}: {version}")
+
+
 @main.command("job-keys")
 def job_keys_command():
     """List every job-file key with its type, default and meaning."""
