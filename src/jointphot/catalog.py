@@ -12,7 +12,7 @@ from astropy.table import Table
 from .apcorr import CARD_COMMENTS, CARDS
 from .conventions import FLAG_MEANINGS, FLAGS
 from .engines.base import SERSIC_N_RANGE
-from .fit_hr import COMP_DCHI2
+from .modelselect import COMP_DCHI2
 from .modelselect import SELECTION_SUMMARY
 from .models import TRUNCATION_RADIUS
 

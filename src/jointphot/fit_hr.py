@@ -40,10 +40,11 @@ from .background import mesh_background
 from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .convolution import fftconvolve
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
-from .engines.base import FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS, TYPE_OF_KIND, Source
+from .engines.base import (COMP_START_FRACDEV, COMP_START_RE_RATIO, FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS,
+                           TYPE_OF_KIND, Source)
 from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .modelselect import (DCHISQ_ORDER, NPARAMS, dchisq_vector, galaxies_worth_trying, model_choice_variance,
-                          select_model)
+from .modelselect import (COMP_DCHI2, DCHISQ_ORDER, GALAXY_DCHI2, NPARAMS, dchisq_vector, galaxies_worth_trying,
+                          model_choice_variance, select_model)
 from .noise import (mismatch_lag, noise_model_from_hdu, residual_variance_factor, variance_factor, white_noise,
                     with_mismatch)
 from .plan import get_tile, tile_path, tile_psf
@@ -56,16 +57,6 @@ RESIDUAL_MIN_SNR = 10.0
 RESIDUAL_MIN_SEPARATION_FWHM = 1.5
 #: r_e [px] of a residual detection's start model (a point source; a REX start in hr_models 'legacy').
 RESIDUAL_START_RE = 0.5
-#: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
-GALAXY_DCHI2 = 12.0
-#: hr_models 'sersic': chi^2 improvement needed to prefer a bulge + disc (comp) over a Sersic galaxy.  The two
-#: extrapolate a galaxy's faint wings differently: a comp fitted to a truncated Sersic of n ~ 3 misses 4-6 % of
-#: its light, a Sersic fitted to a bulge + disc adds 5-35 % (n 2.5-6).  At 2 (Akaike) 9 % of single-Sersic
-#: galaxies at HR S/N 50-200 became comps (chi robust sigma 1.19); at 8 (Bayesian, ~3000 pixels) 3 %.
-COMP_DCHI2 = 8.0
-#: Start of a comp (bulge + disc) refit: bulge flux fraction and bulge r_e / disc r_e.
-COMP_START_FRACDEV = 0.3
-COMP_START_RE_RATIO = 0.3
 #: A galaxy's r_e may not exceed this many times the radius sqrt(area / pi) of its detection segment ...
 RE_PER_SEGMENT_RADIUS = 3.0
 #: ... nor fall below this many PSF FWHM as an upper bound (small segments of faint sources).

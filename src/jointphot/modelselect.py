@@ -38,6 +38,13 @@ DETECTION_CUT = 25.0
 GALAXY_MARGIN = 9.0 + NPARAMS["exp"] - NPARAMS["point"]
 #: dchisq by which SER must beat EXP/DEV.
 SERSIC_MARGIN = 25.0
+#: hr_models 'sersic': chi^2 improvement needed to prefer a Sersic galaxy over a point source (4 more parameters).
+GALAXY_DCHI2 = 12.0
+#: hr_models 'sersic': chi^2 improvement needed to prefer a bulge + disc (comp) over a Sersic galaxy.  The two
+#: extrapolate a galaxy's faint wings differently: a comp fitted to a truncated Sersic of n ~ 3 misses 4-6 % of
+#: its light, a Sersic fitted to a bulge + disc adds 5-35 % (n 2.5-6).  At 2 (Akaike) 9 % of single-Sersic
+#: galaxies at HR S/N 50-200 became comps (chi robust sigma 1.19); at 8 (Bayesian, ~3000 pixels) 3 %.
+COMP_DCHI2 = 8.0
 #: Fraction of dchisq(PSF) by which REX must beat PSF, and galaxies PSF/REX.
 FRACTIONAL_MARGIN = 0.01
 #: Above this dchisq the galaxy candidates are tried even when REX does not beat PSF.

@@ -46,6 +46,9 @@ AB_RANGE = (0.05, 1.0)
 #: gives it NaN (flag LR_OFF_IMAGE), not a number made from its far wings (on a simulated band
 #: those ran from -5e4 to 7e3 counts for sources whose centres were off the image).
 MIN_MODEL_ON_DATA = 0.1
+#: A comp (bulge + disc) source's bulge flux fraction and bulge r_e / disc r_e where a fit starts.
+COMP_START_FRACDEV = 0.3
+COMP_START_RE_RATIO = 0.3
 
 
 @dataclasses.dataclass
@@ -66,8 +69,8 @@ class Source:
     ab: float = 1.0
     phi: float = 0.0
     n: float = 1.0
-    fracdev: float = 0.3
-    re_ratio: float = 0.3
+    fracdev: float = COMP_START_FRACDEV
+    re_ratio: float = COMP_START_RE_RATIO
 
     def copy(self, **changes) -> "Source":
         return dataclasses.replace(self, **changes)
