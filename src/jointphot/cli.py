@@ -35,7 +35,7 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from .pipeline import setup_console_logging
+    from .logs import setup_console_logging
     setup_console_logging(verbose, quiet)
 
 
@@ -224,8 +224,8 @@ def run_command(job, tiles, jobs, engine, force, output, no_qa):
     from . import plan as plan_mod
     from .detect import find_sextractor
     from .merge import merge_tables, read_tile_catalogues, write_catalogue
-    from .pipeline import (STEPS, clean_stale_files, interruptible, progress_log, run_tiles, step_bands, tile_is_done,
-                           workdir_lock)
+    from .logs import progress_log
+    from .pipeline import STEPS, clean_stale_files, interruptible, run_tiles, step_bands, tile_is_done, workdir_lock
     start = time.time()
     plan = _load(job)
     ids = _tile_ids(plan, tiles)
@@ -310,7 +310,7 @@ class _run_log:
         self.path = os.path.join(workdir, "run.log")
 
     def __enter__(self):
-        from .pipeline import progress_log
+        from .logs import progress_log
         self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
         self.handler.setLevel(logging.DEBUG)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
@@ -320,7 +320,7 @@ class _run_log:
         return self
 
     def __exit__(self, *exc):
-        from .pipeline import progress_log
+        from .logs import progress_log
         progress_log.removeHandler(self.handler)
         self.handler.close()
         return False
@@ -451,7 +451,8 @@ def rerun_command(ctx, catalogue, directory, jobs, output):
     inputs by absolute path) with the engine that made it, every tile, into a new directory; the
     versions that made it and today's are compared (a warning names each difference)."""
     import json
-    from .merge import job_from_catalogue, tool_versions
+    from . import tool_versions
+    from .merge import job_from_catalogue
     job, versions = job_from_catalogue(catalogue)
     os.makedirs(directory, exist_ok=True)
     job["workdir"] = os.path.join(os.path.abspath(directory), "work")
@@ -475,7 +476,7 @@ def versions_command(process, tools):
     """Print the versions.yml of a Nextflow task PROCESS: jointphot, Python and the packages the numbers
     depend on (as the catalogue's JOB extension records them), and each --tool.  The pipeline's
     modules all report their versions with it."""
-    from .merge import tool_versions
+    from . import tool_versions
     versions = {"jointphot": __version__, **tool_versions()}
     for tool in tools:
         if tool == "source-extractor":

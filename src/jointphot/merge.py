@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -21,7 +20,7 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from scipy.spatial import cKDTree
 
-from . import __version__, apcorr
+from . import __version__, apcorr, tool_versions
 from . import conventions as cv
 from .catalog import BANDS_COLUMNS, readme_text, set_units
 from .engines.base import STANDARD_PARAMS
@@ -297,14 +296,6 @@ def default_tile_files(plan) -> List[str]:
 
 #: Extension of a merged catalogue that holds the job and the tools' versions as JSON.
 JOB_HDU = "JOB"
-
-
-def tool_versions():
-    """{name: version} of Python and the Python packages the numbers depend on."""
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "scipy", "astropy"):
-        out[name] = __import__(name).__version__
-    return out
 
 
 def job_hdu(job, versions):

@@ -18,7 +18,7 @@ Guarantees (issue 5):
 
 Logs: each tile appends to <tile dir>/tNNNN.log (every message, DEBUG included, with time
 stamps and tracebacks of unexpected errors); the console shows progress, warnings and errors
-(see :func:`setup_console_logging`).
+(see :func:`jointphot.logs.setup_console_logging`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -41,12 +40,10 @@ import numpy as np
 
 from .errors import Interrupted, JointphotError
 from .images import write_text_atomic
+from .logs import QUIET, console_args, set_current_tile, setup_console_logging
 from .plan import band_product, tile_dir, tile_path
 
 log = logging.getLogger("jointphot.pipeline")
-#: Progress lines and the run summary: the only INFO messages shown on the console by default.
-progress_log = logging.getLogger("jointphot.run")
-
 #: The steps of a tile, in order; fit-lr runs once per LR band.
 STEPS = ("cutout", "detect", "fit-hr", "fit-lr")
 #: Lock file of a work directory (holds the pid of the `jointphot run` using it).
@@ -55,82 +52,6 @@ LOCK_NAME = ".jointphot.lock"
 LOCK_WAIT_SECONDS = 15.0
 #: Message of a tile whose worker process died.
 DIED = "the process running this tile died (killed by a signal, e.g. out of memory)"
-
-#: `extra` of messages for the log files only (the console has them in the progress line).
-QUIET = {"console": False}
-
-#: The tile this process is working on (prefix of console messages), None outside tiles.
-_current_tile: Optional[int] = None
-
-
-def current_tile() -> Optional[int]:
-    return _current_tile
-
-
-# --------------------------------------------------------------------------- logging
-class ConsoleFormatter(logging.Formatter):
-    """`jointphot: warning: tile 3: message`; progress lines as they are; -v adds logger names."""
-
-    def __init__(self, verbose: bool = False):
-        super().__init__()
-        self.verbose = verbose
-
-    def format(self, record):
-        msg = record.getMessage()
-        if record.name == progress_log.name:
-            return msg
-        tile = current_tile()
-        if tile is not None and not msg.startswith(f"tile {tile}"):
-            msg = f"tile {tile}: {msg}"
-        if record.exc_info and self.verbose:
-            msg += "\n" + self.formatException(record.exc_info)
-        if record.levelno >= logging.ERROR:
-            return f"jointphot: error: {msg}"
-        if record.levelno >= logging.WARNING:
-            return f"jointphot: warning: {msg}"
-        if self.verbose and record.name != progress_log.name:
-            return f"jointphot: {record.levelname.lower()}: {record.name}: {msg}"
-        return msg
-
-
-class _ConsoleFilter(logging.Filter):
-    """Default console: progress lines, warnings and errors; --verbose: everything."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose = verbose
-
-    def filter(self, record):
-        if not getattr(record, "console", True) and not self.verbose:
-            return False   # said by the progress line already
-        return self.verbose or record.levelno >= logging.WARNING or record.name == progress_log.name
-
-
-def setup_console_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Console (stderr) logging of the `jointphot` loggers.
-
-    default: per-tile progress lines, warnings, errors.  quiet: warnings and errors only.
-    verbose: every message (DEBUG), with logger names and tracebacks.  The logger itself
-    passes everything on, so the per-tile log files are complete whatever the console shows.
-    """
-    root = logging.getLogger("jointphot")
-    for h in list(root.handlers):
-        if getattr(h, "_jointphot_console", False):
-            root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._jointphot_console = True
-    handler.setLevel(logging.WARNING if quiet and not verbose else logging.DEBUG)
-    handler.addFilter(_ConsoleFilter(verbose))
-    handler.setFormatter(ConsoleFormatter(verbose))
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    root.propagate = False
-    root._jointphot_console_args = (verbose, quiet)
-
-
-def _console_args():
-    return getattr(logging.getLogger("jointphot"), "_jointphot_console_args", None)
-
 
 # --------------------------------------------------------------------------- steps
 def step_products(plan, step: str, band: Optional[str] = None) -> List[str]:
@@ -253,7 +174,6 @@ def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
     status: tile_id, ok, error (one line), reused (steps), seconds, n_sources, log (file).
     Every message goes to <tile dir>/tNNNN.log; the status is also written to tNNNN_status.json.
     """
-    global _current_tile
     directory = tile_dir(plan, tile_id)
     os.makedirs(directory, exist_ok=True)
     log_path = os.path.join(directory, f"t{tile_id:04d}.log")
@@ -265,7 +185,7 @@ def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
     if root.getEffectiveLevel() > logging.DEBUG:
         root.setLevel(logging.DEBUG)
     root.addHandler(handler)
-    _current_tile = tile_id
+    set_current_tile(tile_id)
     start = time.time()
     status = {"tile_id": tile_id, "ok": True, "error": "", "reused": [], "seconds": 0.0, "n_sources": 0,
               "log": log_path, "job_hash": plan["job_hash"], "engine": engine_name}
@@ -307,7 +227,7 @@ def run_tile(plan, tile_id: int, engine_name: str, force: bool) -> Dict:
                  f", {status['n_sources']} sources" if status["ok"] else "")
         with contextlib.suppress(OSError):
             write_text_atomic(json.dumps(status, sort_keys=True) + "\n", status_path(directory, tile_id))
-        _current_tile = None
+        set_current_tile(None)
         root.removeHandler(handler)
         root.setLevel(old_level)
         handler.close()
@@ -338,14 +258,14 @@ def _count_rows(path: str) -> int:
 
 
 # --------------------------------------------------------------------------- many tiles
-def _worker_init(console_args) -> None:
+def _worker_init(parent_console) -> None:
     """In each worker: Ctrl-C is the parent's business; die with the parent; console as the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    if console_args is not None and _console_args() is None:   # spawned, not forked: set the console up
-        setup_console_logging(*console_args)
+    if parent_console is not None and console_args() is None:   # spawned, not forked: set the console up
+        setup_console_logging(*parent_console)
     # the process that started this worker (the run itself, or a fork server that dies with it)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="jointphot-parent-watch").start()
 
@@ -370,7 +290,7 @@ def _kill_workers(pool) -> None:
 def _run_pool(plan, tile_ids, engine_name, force, jobs, done) -> List[int]:
     """Run tiles in a process pool; returns the tiles whose worker died (BrokenProcessPool)."""
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
-                                                  initargs=(_console_args(),))
+                                                  initargs=(console_args(),))
     broken = []
     try:
         futures = {pool.submit(run_tile, plan, t, engine_name, force): t for t in tile_ids}
