@@ -58,38 +58,46 @@ workflow JOINTPHOT {
     main:
     ch_versions = Channel.empty()
 
-    PLAN(job_json, inputs)
-    ch_plan = PLAN.out.plan                         // a value channel (all PLAN inputs are values): every task gets plan.json
+    PLAN(job_json, P.tiles, inputs)
+    ch_plan = PLAN.out.plan                         // a value channel (all PLAN inputs are values): MERGE and QA read plan.json
     ch_versions = ch_versions.mix(PLAN.out.versions)
 
-    // fan out: one meta map [id: tile id] per selected tile, read from plan.json
-    ch_tiles = PLAN.out.plan.flatMap { plan ->
-        try {
-            def ids = Jointphot.selectTiles(plan, P.tiles)
-            Jointphot.plannedTiles.addAll(ids)
-            log.info "jointphot: ${ids.size()} tile(s) to run: ${ids.join(', ')}"
-            return ids.collect { [id: it] }
-        } catch (IllegalArgumentException e) {
-            error(e.message)
-        }
+    // fan out: one meta map [id: tile id] per tile that --tiles selects
+    ch_tiles = PLAN.out.tiles.flatMap { tiles ->
+        def ids = Jointphot.selectedTiles(tiles)
+        Jointphot.plannedTiles.addAll(ids)
+        log.info "jointphot: ${ids.size()} tile(s) to run: ${ids.join(', ')}"
+        return ids.collect { [id: it] }
     }
 
-    CUTOUT(ch_tiles, ch_plan, inputs)
-    DETECT(CUTOUT.out.tile, ch_plan, inputs)
-
-    // a tile's files accumulate from step to step (join on meta drops the tiles that failed)
-    ch_fit_hr_in = CUTOUT.out.tile.join(DETECT.out.tile).map { meta, a, b -> [meta, [a, b].flatten()] }
-    def failTiles = Jointphot.parseTiles(P.fail_tiles) ?: []       // testing only
-    FIT_HR(ch_fit_hr_in.map { meta, files -> [meta, files, failTiles.contains(meta.id)] }, ch_plan, inputs)
-
-    // one FIT_LR per (tile, LR band), each with the tile's HR products and the band's cutout
+    // one unit of work per (tile, part): the HR image, then each LR band. Each carries its part plan of the
+    // tile as a value and only the files its steps read, so that adding a band re-runs that band's tasks only
     ch_bands = PLAN.out.plan.map { plan -> [Jointphot.bandNames(plan)] }
+    ch_units = ch_tiles.combine(PLAN.out.parts).combine(ch_bands)
+        .flatMap { meta, parts, bands -> Jointphot.tileParts(parts, bands, meta.id) }
+    ch_hr_unit = ch_units.filter { meta, plan, cut, steps -> !meta.band }.map { meta, plan, cut, steps -> [meta, plan, steps] }
+    ch_band_unit = ch_units.filter { meta, plan, cut, steps -> meta.band }.map { meta, plan, cut, steps -> [meta, plan, steps] }
+
+    CUTOUT(ch_units.map { meta, plan, cut, steps -> [meta, plan, cut] })
+    ch_hr_cutout = CUTOUT.out.tile.filter { meta, files -> !meta.band }
+    DETECT(ch_hr_cutout.join(ch_hr_unit))
+
+    // a tile's HR files accumulate from step to step (join on meta drops the tiles that failed)
+    ch_fit_hr_in = ch_hr_cutout.join(DETECT.out.tile).map { meta, a, b -> [meta, [a, b].flatten()] }
+    def failTiles = (P.fail_tiles ?: '').toString().tokenize(',')*.trim()      // testing only: 'TILE,TILE'
+    FIT_HR(ch_fit_hr_in.join(ch_hr_unit).map { meta, files, plan, steps -> [meta, files, plan, steps, failTiles.contains(meta.id as String)] })
     ch_tile_files = ch_fit_hr_in.join(FIT_HR.out.tile).map { meta, a, b -> [meta, [a, b].flatten()] }
-    def failBands = (P.fail_bands ?: '').tokenize(',')                  // testing only: 'TILE:BAND'
-    ch_fit_lr_in = ch_tile_files.combine(ch_bands).flatMap { meta, files, bands ->
-        bands.collect { band -> [meta + [band: band], files.findAll { Jointphot.fitLrInput(it.name, band) }, failBands.contains("${meta.id}:${band}" as String)] }
-    }
-    FIT_LR(ch_fit_lr_in, ch_plan, inputs)
+
+    // one FIT_LR per (tile, LR band), with the tile's HR products and the band's cutout
+    def failBands = (P.fail_bands ?: '').toString().tokenize(',')*.trim()      // testing only: 'TILE:BAND'
+    ch_band_cutout = CUTOUT.out.tile.filter { meta, files -> meta.band }
+    ch_fit_lr_in = ch_band_cutout
+        .map { meta, files -> [[id: meta.id], meta, files] }
+        .combine(ch_tile_files, by: 0)
+        .map { tile, meta, band_files, hr_files -> [meta, [hr_files, band_files].flatten()] }
+        .join(ch_band_unit)
+        .map { meta, files, plan, steps -> [meta, files, plan, steps, failBands.contains("${meta.id}:${meta.band}" as String)] }
+    FIT_LR(ch_fit_lr_in)
 
     ch_versions = ch_versions.mix(CUTOUT.out.versions, DETECT.out.versions, FIT_HR.out.versions, FIT_LR.out.versions)
 
@@ -105,13 +113,13 @@ workflow JOINTPHOT {
                          .findAll { it.name ==~ /t\d{4}_[A-Za-z][A-Za-z0-9]*_fit\.fits/ }
             missing: (planned.planned.collect { it.id } - doneIds).sort().join(',')
         }
-    MERGE(ch_merge.lr_fits, ch_plan, ch_merge.missing, inputs)
+    MERGE(ch_merge.lr_fits, ch_plan, ch_merge.missing)
     ch_versions = ch_versions.mix(MERGE.out.versions)
 
     // QA pictures from the finished tiles and the merged catalogue
     if (params.qa) {
-        ch_qa_files = ch_tile_files.map { meta, files -> files }.mix(FIT_LR.out.tile.map { meta, files -> files }).flatten().collect()
-        QA(ch_qa_files, MERGE.out.catalog, ch_plan, inputs)
+        ch_qa_files = ch_tile_files.mix(ch_band_cutout, FIT_LR.out.tile).map { meta, files -> files }.flatten().collect()
+        QA(ch_qa_files, MERGE.out.catalog, ch_plan)
         ch_versions = ch_versions.mix(QA.out.versions)
     }
 

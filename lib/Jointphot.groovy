@@ -316,14 +316,36 @@ class Jointphot {
         return listed instanceof List ? ((List) listed).collect { ((Map) it).lr_band as String } : ((Map) p.bands).keySet() as List<String>
     }
 
-    /** Whether a tile file is an input of FIT_LR for `band`: the HR products and the band's cutout. */
-    static boolean fitLrInput(String name, String band) {
-        return name ==~ /t\d{4}_hr_.*/ || name ==~ /t\d{4}_${java.util.regex.Pattern.quote(band)}_cutout\.fits/
+    // ------------------------------------------------------------------ parts of a tile
+
+    /** The part files of `jointphot plan --parts` (hr.json, <band>.json), each parsed once per run. */
+    private static final Map<String, Map> partFiles = new java.util.concurrent.ConcurrentHashMap<String, Map>()
+
+    private static Map partFile(Path parts, String name) {
+        def f = parts.resolve("${name}.json".toString())
+        return partFiles.computeIfAbsent(f.toString()) { (Map) new JsonSlurper().parse(f.toFile()) }
     }
 
-    static String jobJson(Map job) {
-        return JsonOutput.prettyPrint(JsonOutput.toJson(job))
+    /**
+     * The units of work of one tile, one per part (HR, then each LR band in job order):
+     * [meta, plan, cutout inputs, step inputs]. meta is [id: tile] or [id: tile, band: band]; plan the part's
+     * plan of this tile alone, as JSON (a value, so that a task's hash changes only when its own part does:
+     * adding a band re-runs that band's tasks only); the inputs are the files the part's cutout step reads
+     * (the large images) and those its later steps read (PSFs, offsets, SExtractor files).
+     */
+    static List tileParts(Path parts, List<String> bands, int tileId) {
+        return (['hr'] + bands).collect { String name ->
+            def p = partFile(parts, name)
+            def plan = new LinkedHashMap((Map) p.plan)
+            plan.tiles = ((List) plan.tiles).findAll { ((Map) it).tile_id as int == tileId }
+            def inputs = (Map) p.inputs
+            def files = { String step -> ((List) inputs[step]).collect { Paths.get((String) it) } }
+            [name == 'hr' ? [id: tileId] : [id: tileId, band: name], JsonOutput.toJson(plan), files('cutout'), files('steps')]
+        }
     }
+
+    /** `s` as one single-quoted shell word. */
+    static String shellQuote(String s) { "'" + s.replace("'", "'\\''") + "'" }
 
     private static Path realPath(Path p) {
         try { return p.toRealPath() } catch (IOException ignored) { return p }
@@ -331,32 +353,11 @@ class Jointphot {
 
     // ------------------------------------------------------------------ tiles
 
-    /** '3', '0,2,5-7' -> [3] / [0,2,5,6,7]; 'all' or '' -> null (all tiles). */
-    static List<Integer> parseTiles(Object spec) {
-        def s = spec == null ? '' : spec.toString().trim()
-        if (s == '' || s == 'all') return null
-        def out = []
-        s.split(',').each { String part ->
-            part = part.trim()
-            if (part.contains('-')) {
-                def (a, b) = part.split('-').collect { it.trim() as int }
-                out.addAll((a..b).toList())
-            } else out << (part as int)
-        }
-        return out.unique()
-    }
-
     static String nnnn(Object tileId) { String.format('%04d', tileId as int) }
 
-    /** Tile ids of plan.json selected by --tiles, in plan order; an error names the ids the grid does not have. */
-    static List<Integer> selectTiles(Path plan, Object spec) {
-        def p = (Map) new JsonSlurper().parse(plan.toFile())
-        def ids = ((List) p.tiles).collect { ((Map) it).tile_id as int }
-        def want = parseTiles(spec)
-        if (want == null) return ids
-        def bad = want.findAll { !ids.contains(it) }
-        if (bad) throw new IllegalArgumentException("--tiles ${spec}: the tile grid has tiles ${ids ? ids.min() + '-' + ids.max() : '(none)'}; no tile ${bad.join(', ')}")
-        return ids.findAll { want.contains(it) }
+    /** The tile ids the PLAN task selected (`jointphot select-tiles`: the one --tiles grammar, with `jointphot run`'s). */
+    static List<Integer> selectedTiles(Path tilesJson) {
+        return ((List) new JsonSlurper().parse(tilesJson.toFile())).collect { it as int }
     }
 
     // ------------------------------------------------------------------ failures

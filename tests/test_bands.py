@@ -160,22 +160,34 @@ def test_seed_format_job_and_one_band_list_give_identical_catalogues(field_copy,
 # ----------------------------------------------------------------------------- the same job through Nextflow
 
 def test_nextflow_runs_every_band_and_names_a_broken_one(tmp_path):
-    """`nextflow run main.nf -params-file job.json` on a 60" 3-band field (4 tiles): one FIT_LR per (tile, band),
-    and the catalogue is the CLI's, number for number.  Then -resume with one (tile, band) broken (--fail_bands
+    """`nextflow run main.nf -params-file job.json` on a 60" field (4 tiles), first with bands lr and g, then with
+    z added and -resume: only z's cutouts and fits (and the plan, merge and QA) run again.  One FIT_LR per
+    (tile, band), and the catalogue is the CLI's, number for number.  Then -resume with one (tile, band) broken (--fail_bands
     3:g): only that task, the merge and the QA run again; the run exits non-zero naming tile 3 band g, and the
     catalogue keeps every source, with tile 3's g columns NaN."""
     from test_nextflow import containerlib, read_trace, run_pipeline, show, traces
     nextflow = containerlib.get_nextflow()
     field = _run_three_bands(tmp_path / "field", NEXTFLOW_SIZE_ARCSEC)
     outdir = tmp_path / "results"
-    args = ["-params-file", str(field / "job.json"), "--outdir", str(outdir), "--max_cpus", "2",
-            "--max_memory", "6.GB"]
-    run = run_pipeline(nextflow, tmp_path, *args)
+    with open(field / "job.json") as fh:
+        job = json.load(fh)
+    job["lr_bands"] = [b for b in job["lr_bands"] if b["lr_band"] != "z"]
+    with open(field / "job_lr_g.json", "w") as fh:
+        json.dump(job, fh)
+    options = ["--outdir", str(outdir), "--max_cpus", "2", "--max_memory", "6.GB"]
+    first = run_pipeline(nextflow, tmp_path, "-params-file", str(field / "job_lr_g.json"), *options)
+    assert first.returncode == 0, show(first)
+    before = traces(outdir)
+    args = ["-params-file", str(field / "job.json"), *options]
+    run = run_pipeline(nextflow, tmp_path, *args, "-resume")
     assert run.returncode == 0, show(run)
-    rows = read_trace(sorted(traces(outdir))[-1])
+    rows = read_trace(sorted(traces(outdir) - before)[-1])
     fit_lr = sorted(r["tag"] for r in rows if r["process"].endswith("FIT_LR"))
     assert fit_lr == sorted(f"tile {t} {b}" for t in range(4) for b in BANDS)
     assert sum(r["process"].endswith("FIT_HR") for r in rows) == 4
+    ran = sorted((r["process"].split(":")[-1], r["tag"]) for r in rows if r["status"] != "CACHED")
+    assert ran == sorted([("PLAN", "SIM"), ("MERGE", "SIM"), ("QA", "SIM")] +
+                         [(step, f"tile {t} z") for t in range(4) for step in ("CUTOUT", "FIT_LR")]), ran
     cli = Table.read(field / "work" / "catalog.fits", hdu="CATALOG", mask_invalid=False)
     nf_cat = Table.read(outdir / "catalog.fits", hdu="CATALOG", mask_invalid=False)
     assert cli.colnames == nf_cat.colnames and len(cli) == len(nf_cat)

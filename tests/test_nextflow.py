@@ -113,9 +113,23 @@ def test_test_profile_runs(test_run):
     for r in rows:
         by_process.setdefault(r["process"].split(":")[-1], []).append(r)
     assert {k: len(v) for k, v in by_process.items()} == {
-        "PLAN": 1, "CUTOUT": N_TEST_TILES, "DETECT": N_TEST_TILES, "FIT_HR": N_TEST_TILES,
-        "FIT_LR": N_TEST_TILES, "MERGE": 1, "QA": 1}
+        "PLAN": 1, "CUTOUT": 2 * N_TEST_TILES, "DETECT": N_TEST_TILES, "FIT_HR": N_TEST_TILES,
+        "FIT_LR": N_TEST_TILES, "MERGE": 1, "QA": 1}     # CUTOUT: per tile, of the HR image and of the LR band
     assert all(r["status"] == "COMPLETED" for r in rows)
+    # each task stages only the input files it reads: the large images in PLAN and CUTOUT only, a band's
+    # files in its own tasks only
+    staged = {(r["process"].split(":")[-1], r["tag"]): sorted(f.name for f in Path(r["workdir"], "inputs").glob("in*/*"))
+              for r in rows}
+    for (process, tag), names in staged.items():
+        if process == "CUTOUT":
+            assert names == (["lr.fits"] if tag.endswith(" lr") else ["hr.fits", "hr_wht.fits"]), (tag, names)
+        elif process == "FIT_LR":
+            assert names and all(n.startswith("lr") for n in names), (tag, names)
+        elif process in ("DETECT", "FIT_HR"):
+            assert "hr_psf.fits" in names and all(n.startswith("hr") and n not in ("hr.fits", "hr_wht.fits")
+                                                  for n in names), (tag, names)
+        elif process != "PLAN":
+            assert names == [], (process, names)
     for t in range(N_TEST_TILES):
         tile_dir = outdir / "tiles" / f"{t:04d}"
         for product in ("hr_cutout", "lr_cutout", "hr_detections", "hr_fit", "lr_fit"):
@@ -208,7 +222,7 @@ def test_resume_reruns_nothing(nextflow, test_run, launch):
     again = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(outdir), "-resume")
     assert again.returncode == 0, show(again)
     rows = new_trace(outdir, before)
-    assert len(rows) == 3 + 4 * N_TEST_TILES
+    assert len(rows) == 3 + 5 * N_TEST_TILES           # PLAN, MERGE, QA; per tile 2 CUTOUT, DETECT, FIT_HR, FIT_LR
     assert {r["status"] for r in rows} == {"CACHED"}, [(r["name"], r["status"]) for r in rows]
 
 
@@ -350,10 +364,12 @@ def test_tiles_selects_tiles(nextflow, tmp_path, fake_inputs):
     run = run_pipeline(nextflow, tmp_path, *fake_inputs, "-stub-run", "--tiles", "1,3", "--outdir", str(outdir))
     assert run.returncode == 0, show(run)
     rows = read_trace(sorted(traces(outdir))[-1])
-    assert sorted(r["tag"] for r in rows if r["process"].endswith("CUTOUT")) == ["tile 1", "tile 3"]
+    assert sorted(r["tag"] for r in rows if r["process"].endswith("CUTOUT")) == ["tile 1", "tile 1 lr", "tile 3",
+                                                                                 "tile 3 lr"]
+    assert sorted(r["tag"] for r in rows if r["process"].endswith("FIT_LR")) == ["tile 1 lr", "tile 3 lr"]
     bad = run_pipeline(nextflow, tmp_path, *fake_inputs, "-stub-run", "--tiles", "2,9", "--outdir", str(outdir))
     assert bad.returncode != 0
-    assert "--tiles 2,9: the tile grid has tiles 0-3; no tile 9" in bad.output, show(bad)
+    assert "jointphot: error: --tiles: tile 9 does not exist: the grid has 4 tiles (0..3)" in bad.output, show(bad)
 
 
 @pytest.mark.parametrize("profile", ["standard", "test", "debug", "docker", "podman", "shifter", "slurm", "nersc"])

@@ -1,4 +1,8 @@
-"""The tile grid covers the image, each pixel is owned once, ids are row-major."""
+"""The tile grid covers the image, each pixel is owned once, ids are row-major; one --tiles grammar."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,9 +42,22 @@ def test_grid_of_the_original_readme_example():
 @pytest.mark.parametrize("spec, ids", [("all", list(range(8))), ("3", [3]), ("0,2,5", [0, 2, 5]),
                                        ("0,2,5-7", [0, 2, 5, 6, 7]), (" 5-7 , 0 ", [0, 5, 6, 7]), ("1-1", [1])])
 def test_tile_lists_have_the_pipelines_grammar(spec, ids):
-    """`jointphot run --tiles` reads what the pipeline's --tiles reads (lib/Jointphot.groovy parseTiles:
-    ids and ranges); errors do not name the option, which the CLI adds once."""
+    """`jointphot run --tiles` and the pipeline's --tiles (`jointphot select-tiles` in its PLAN task) read ids
+    and ranges with this one parser; errors do not name the option, which the CLI adds once."""
     assert parse_tiles(spec, 8) == ids
+
+
+def test_the_pipelines_tile_selection_is_this_grammar(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tiles": [{"tile_id": i} for i in range(8)]}))
+    cli = [sys.executable, "-m", "jointphot.cli", "select-tiles", str(plan), "-o", str(tmp_path / "tiles.json")]
+    ok = subprocess.run(cli + ["--tiles", "0,2,5-7"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "tiles.json").read_text()) == [0, 2, 5, 6, 7]
+    (tmp_path / "tiles.json").unlink()
+    bad = subprocess.run(cli + ["--tiles", "5-3"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip() == "jointphot: error: --tiles: '5-3': the range '5-3' is empty"
+    assert not (tmp_path / "tiles.json").exists()
 
 
 @pytest.mark.parametrize("spec, words", [("one", ["'one'", "ranges"]), ("5-3", ["range '5-3' is empty"]),

@@ -5,9 +5,7 @@ process DETECT {
     errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, meta.id) }
 
     input:
-    tuple val(meta), path(tile_files)               // meta [id: tile id]; the tile's cutouts
-    path plan
-    path inputs, stageAs: 'inputs/in*/*'            // sexinputdir (if any) must be visible
+    tuple val(meta), path(tile_files), val(tile_plan), path(inputs, stageAs: 'inputs/in*/*')  // meta [id: tile]; the HR cutout; the HR part plan of the tile (JSON); the files it reads (sexinputdir)
 
     output:
     tuple val(meta), path("t${Jointphot.nnnn(meta.id)}_*"), emit: tile   // tNNNN_hr_detections.fits
@@ -19,7 +17,8 @@ process DETECT {
     script:
     """
     export OMP_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus}
-    jointphot detect ${plan} --tile ${meta.id} --dir . ${task.ext.args ?: ''}
+    printf '%s\\n' ${Jointphot.shellQuote(tile_plan)} > tile_plan.json
+    jointphot detect tile_plan.json --tile ${meta.id} --dir . ${task.ext.args ?: ''}
 
     jointphot versions "${task.process}" --tool source-extractor > versions.yml
     """

@@ -5,9 +5,7 @@ process FIT_HR {
     errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, meta.id) }
 
     input:
-    tuple val(meta), path(tile_files), val(broken)  // meta [id: tile id]; cutouts + detections; broken: --fail_tiles (testing only)
-    path plan
-    path inputs, stageAs: 'inputs/in*/*'            // PSF and astrometry files are read here
+    tuple val(meta), path(tile_files), val(tile_plan), path(inputs, stageAs: 'inputs/in*/*'), val(broken)  // meta [id: tile]; HR cutout + detections; the HR part plan of the tile (JSON); the PSF files it reads; broken: --fail_tiles (testing only)
 
     output:
     tuple val(meta), path("t${Jointphot.nnnn(meta.id)}_*"), emit: tile   // tNNNN_hr_fit.fits, tNNNN_hr_images.fits
@@ -25,7 +23,8 @@ process FIT_HR {
     """
     export OMP_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus}
     ${breakIt}
-    jointphot fit-hr ${plan} --tile ${meta.id} --dir . ${task.ext.args ?: ''}
+    printf '%s\\n' ${Jointphot.shellQuote(tile_plan)} > tile_plan.json
+    jointphot fit-hr tile_plan.json --tile ${meta.id} --dir . ${task.ext.args ?: ''}
 
     jointphot versions "${task.process}" > versions.yml
     """

@@ -5,9 +5,7 @@ process FIT_LR {
     errorStrategy { Jointphot.tileErrorStrategy(task, params.max_retries as int, meta.id, meta.band) }
 
     input:
-    tuple val(meta), path(tile_files), val(broken)  // meta [id: tile id, band: LR band]; HR cutout, detections and fit + the band's cutout; broken: --fail_bands (testing only)
-    path plan
-    path inputs, stageAs: 'inputs/in*/*'            // PSF and astrometry files are read here
+    tuple val(meta), path(tile_files), val(tile_plan), path(inputs, stageAs: 'inputs/in*/*'), val(broken)  // meta [id: tile, band: LR band]; HR cutout, detections and fit + the band's cutout; the band's part plan of the tile (JSON); the band's PSF and offset files; broken: --fail_bands (testing only)
 
     output:
     tuple val(meta), path("t${Jointphot.nnnn(meta.id)}_${meta.band}_*"), emit: tile   // tNNNN_<band>_fit.fits (the tile's catalogue with the band's columns), tNNNN_<band>_images.fits
@@ -23,7 +21,8 @@ process FIT_LR {
     """
     export OMP_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus}
     ${breakIt}
-    jointphot fit-lr ${plan} --tile ${meta.id} --band ${meta.band} --dir . ${task.ext.args ?: ''}
+    printf '%s\\n' ${Jointphot.shellQuote(tile_plan)} > tile_plan.json
+    jointphot fit-lr tile_plan.json --tile ${meta.id} --band ${meta.band} --dir . ${task.ext.args ?: ''}
 
     jointphot versions "${task.process}" > versions.yml
     """

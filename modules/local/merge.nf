@@ -8,7 +8,6 @@ process MERGE {
     path lr_fits, stageAs: 'tiles/*'                // the tiles' tNNNN_<band>_fit.fits
     path plan
     val missing_tiles                               // '' or '3,5'
-    path inputs, stageAs: 'inputs/in*/*'
 
     output:
     path 'catalog.fits'           , emit: catalog

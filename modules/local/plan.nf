@@ -1,15 +1,19 @@
 // Plan: write the job file from the pipeline parameters and resolve it into plan.json
-// (the resolved job with absolute paths + the tile grid). One task per run.
+// (the resolved job with absolute paths + the tile grid) and the part plans (parts/hr.json,
+// parts/<band>.json: what each later task gets, with the files it reads). One task per run.
 process PLAN {
     tag "${task.ext.prefix ?: 'jointphot'}"
     label 'process_single'
 
     input:
     val job_json                                    // the job keys as JSON (one line)
+    val tiles                                       // --tiles: 'all', or ids and ranges
     path inputs, stageAs: 'inputs/in*/*'            // the job's input files: staged so that container engines mount them
 
     output:
     path 'plan.json'   , emit: plan
+    path 'parts'       , emit: parts
+    path 'tiles.json'  , emit: tiles                // the selected tile ids
     path 'job.json'    , emit: job
     path 'versions.yml', emit: versions
 
@@ -17,23 +21,27 @@ process PLAN {
     task.ext.when == null || task.ext.when
 
     script:
-    def quoted = job_json.replace("'", "'\\''")
     """
-    printf '%s\\n' '${quoted}' > job.json
-    jointphot plan job.json -o plan.json ${task.ext.args ?: ''}
+    printf '%s\\n' ${Jointphot.shellQuote(job_json)} > job.json
+    jointphot plan job.json -o plan.json --parts parts ${task.ext.args ?: ''}
+    jointphot select-tiles plan.json --tiles ${Jointphot.shellQuote(tiles as String)} -o tiles.json
 
     jointphot versions "${task.process}" > versions.yml
     """
 
     stub:
-    def quoted = job_json.replace("'", "'\\''")
     def n = (params.stub_tiles ?: 4) as int
-    def tiles = (0..<n).collect { "{\"tile_id\": ${it}}" }.join(', ')
+    def grid = (0..<n).collect { "{\"tile_id\": ${it}}" }.join(', ')
     def job = new groovy.json.JsonSlurper().parseText(job_json)
-    def bands = (job.lr_bands ?: [[lr_band: job.lr_band ?: 'lr']]).collect { "\"${it.lr_band}\": {}" }.join(', ')
+    def names = (job.lr_bands ?: [[lr_band: job.lr_band ?: 'lr']]).collect { it.lr_band }
+    def bands = names.collect { "\"${it}\": {}" }.join(', ')
+    def part = "{\"plan\": {\"tiles\": [${grid}]}, \"inputs\": {\"cutout\": [], \"steps\": []}}"
     """
-    printf '%s\\n' '${quoted}' > job.json
-    printf '{"job": %s, "bands": {%s}, "tiles": [%s]}\\n' "\$(cat job.json)" '${bands}' '${tiles}' > plan.json
+    printf '%s\\n' ${Jointphot.shellQuote(job_json)} > job.json
+    printf '{"job": %s, "bands": {%s}, "tiles": [%s]}\\n' "\$(cat job.json)" '${bands}' '${grid}' > plan.json
+    mkdir parts
+    for name in hr ${names.join(' ')}; do printf '%s\\n' '${part}' > parts/\$name.json; done
+    jointphot select-tiles plan.json --tiles ${Jointphot.shellQuote(tiles as String)} -o tiles.json
     printf '"%s":\\n    jointphot: stub\\n' '${task.process}' > versions.yml
     """
 }

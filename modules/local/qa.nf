@@ -9,7 +9,6 @@ process QA {
     path tile_files, stageAs: 'staged/*'            // every file of the finished tiles (tNNNN_*)
     path catalog                                    // the merged catalogue
     path plan
-    path inputs, stageAs: 'inputs/in*/*'
 
     output:
     path 'qa/*'        , emit: qa, optional: true

@@ -122,8 +122,11 @@ def _with_tile_args(func, engine=False):
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Plan file to write (default <workdir>/plan.json).")
+@click.option("--parts", type=click.Path(file_okay=False), default=None,
+              help="Also write the part plans into this directory: hr.json and <band>.json, each the plan as the "
+                   "steps of that part see it and the input files they read (what the pipeline gives each task).")
 @_verbosity_options
-def plan_command(job, output):
+def plan_command(job, output, parts):
     """Check the inputs and lay out the tile grid; write plan.json.
 
     The plan holds the resolved job (absolute paths, defaults filled) and, per tile, its
@@ -133,11 +136,14 @@ def plan_command(job, output):
     plan = _load(job)
     output = output or os.path.join(plan["job"]["workdir"], "plan.json")
     plan_mod.write_plan(plan, output)
+    if parts:
+        plan_mod.write_parts(plan, parts)
     g = plan["grid"]
     _echo(f"{len(plan['tiles'])} tiles ({g['nx']} x {g['ny']}) -> {output}")
 
 
-main.command("cutout")(_with_tile_args(_tile_step("cutout")))
+main.command("cutout")(click.option("--band", default=None, help="Cut this LR band only (default: the HR image and "
+                                                                  "every band).")(_with_tile_args(_tile_step("cutout"))))
 main.commands["cutout"].help = ("Cut one tile out of the large images: tNNNN_hr_cutout.fits (SCI, WHT = inverse "
                                 "variance [count^-2]) and per LR band tNNNN_<band>_cutout.fits (IMAGE, MASK, VARIANCE).")
 main.command("detect")(_with_tile_args(_tile_step("detect")))
@@ -197,6 +203,26 @@ def _tile_ids(plan, tiles):
         return plan_mod.parse_tiles(tiles, n)
     except JointphotError as exc:
         raise JointphotError(f"--tiles: {exc}") from None
+
+
+@main.command("select-tiles")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--tiles", default="all", show_default=True, help="'all', one id, or a comma list of ids and ranges, "
+                                                               "e.g. 0,2,5-7.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="JSON list of tile ids to write.")
+@_verbosity_options
+def select_tiles_command(plan_file, tiles, output):
+    """Write the ids of the plan's tiles that --tiles selects (the pipeline's fan-out; `run --tiles` reads the same)."""
+    import json
+    from . import plan as plan_mod
+    from .images import write_text_atomic
+    from .jobfile import read_json
+    n = len(read_json(plan_file)["tiles"])
+    try:
+        ids = plan_mod.parse_tiles(tiles, n)
+    except JointphotError as exc:
+        raise JointphotError(f"--tiles: {exc}") from None
+    write_text_atomic(json.dumps(ids) + "\n", output)
 
 
 @main.command("run")

@@ -7,6 +7,7 @@ complete).  Only these sections are read from disk.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 from astropy.io import fits
@@ -14,7 +15,7 @@ from astropy.stats import sigma_clipped_stats
 
 from .images import (LR_EXTENSIONS, celestial_wcs, image_hdu, open_fits, read_section, sliced_header,
                      write_fits_atomic)
-from .plan import band_plan, band_product, get_tile, tile_path
+from .plan import band_plan, band_product, get_tile, tile_entry, tile_path
 
 log = logging.getLogger("jointphot.cutout")
 
@@ -48,8 +49,12 @@ def hr_invvar(image: np.ndarray, weight, weight_type: str) -> np.ndarray:
     return invvar.astype(np.float32)
 
 
-def make_cutouts(plan, tile_id: int, directory: str) -> None:
-    """Write tNNNN_hr_cutout.fits and, per LR band, tNNNN_<band>_cutout.fits for one tile into `directory`."""
+def make_cutouts(plan, tile_id: int, directory: str, band: Optional[str] = None) -> None:
+    """Write tNNNN_hr_cutout.fits and, per LR band, tNNNN_<band>_cutout.fits for one tile into `directory`;
+    with `band`, that band's cutout only (the HR image is not read)."""
+    if band is not None:
+        _lr_cutout(band_plan(plan, band), tile_id, directory)
+        return
     job = plan["job"]
     tile = get_tile(plan, tile_id)
     x0, x1, y0, y1 = tile.padded
@@ -70,23 +75,21 @@ def make_cutouts(plan, tile_id: int, directory: str) -> None:
     write_fits_atomic(fits.HDUList([fits.PrimaryHDU(sci, hr_header),
                                     fits.ImageHDU(invvar, hr_header, name="WHT")]),
                       tile_path(directory, tile_id, "hr_cutout"))
-    for band in plan["bands"]:
-        _lr_cutout(band_plan(plan, band), tile_id, directory, hr_wcs)
+    for name in plan["bands"]:
+        _lr_cutout(band_plan(plan, name), tile_id, directory)
 
 
-def _lr_cutout(plan, tile_id: int, directory: str, hr_wcs) -> None:
+def _lr_cutout(plan, tile_id: int, directory: str) -> None:
     """Write the band's tNNNN_<band>_cutout.fits (`plan`: plan.band_plan): the part of its LR image under
-    the tile's padded HR region, with a margin."""
+    the tile's padded HR region (its sky corners in the plan), with a margin."""
     job = plan["job"]
-    x0, x1, y0, y1 = get_tile(plan, tile_id).padded
     lr_path = job["lr_large_image_name"]
     with open_fits(lr_path, "lr_large_image_name") as hdul:
         hdus = {n: image_hdu(hdul, lr_path, "lr_large_image_name", n) for n in LR_EXTENSIONS}
         lr_wcs = celestial_wcs(hdus["IMAGE"].header, lr_path, "lr_large_image_name")
         lny, lnx = plan["lr"]["shape"]
         # footprint of the HR cutout on the LR image
-        corners = np.array([[x0 - 0.5, y0 - 0.5], [x1 - 0.5, y0 - 0.5], [x0 - 0.5, y1 - 0.5], [x1 - 0.5, y1 - 0.5]])
-        lxy = lr_wcs.all_world2pix(hr_wcs.all_pix2world(corners, 0), 0)
+        lxy = lr_wcs.all_world2pix(np.array(tile_entry(plan, tile_id)["padded_corners_radec"]), 0)
         margin = LR_MARGIN_PIX + int(np.ceil(3.0 / plan["lr"]["pixel_scale_arcsec"]))
         lx0 = max(0, int(np.floor(lxy[:, 0].min())) - margin)
         lx1 = min(lnx, int(np.ceil(lxy[:, 0].max())) + margin + 1)

@@ -96,6 +96,9 @@ KEYS: Dict[str, tuple] = {
 CHOICES = {"hr_psf_type": PSF_TYPES, "lr_psf_type": PSF_TYPES, "hr_wht_image_type": WEIGHT_TYPES,
            "engine": ENGINES, "hr_models": ("sersic", "legacy"), "hr_aperture_correction": APERTURE_CORRECTION_MODES,
            "lr_aperture_correction": APERTURE_CORRECTION_MODES}
+#: The keys that name input files or directories (their kinds: a file, a file or 'none', a directory, a PSF file or
+#: a FWHM).  Their sizes and times enter the plan's job hash; the pipeline stages them into the tasks that read them.
+INPUT_KEYS = tuple(key for key, (kind, _, _) in KEYS.items() if kind in ("path", "path_or_none", "dir", "psf"))
 #: The keys that belong to one LR band: top-level (a one-band job, the original format) or in each object
 #: of lr_bands.  The band's own name is lr_band.
 BAND_KEYS = ("lr_band", "lr_zp", "lr_large_image_name", "lr_image_psf", "lr_psf_type", "lr_astrometry_correction_name",

@@ -29,7 +29,7 @@ from .fit_lr import add_magnitudes
 from .images import write_fits_atomic, write_text_atomic
 from .jobfile import band_job
 from .lr_residual import LR_ONLY_MATCH_ARCSEC, LR_ONLY_NUMBER_START, blank_rows
-from .plan import band_product, tile_path
+from .plan import band_product, tile_entry, tile_path
 
 log = logging.getLogger("jointphot.merge")
 
@@ -113,7 +113,7 @@ def _kept_rows(plan, tables: Dict[int, Table]) -> Table:
     for tile_id, table in sorted(tables.items()):
         part = table[np.asarray(table["in_core"], bool)] if len(table) else table
         if len(part):
-            part["_depth"] = padded_depth(part, plan["tiles"][tile_id]["padded"])
+            part["_depth"] = padded_depth(part, tile_entry(plan, tile_id)["padded"])
             parts.append(part)
     if not parts:
         merged = next(iter(tables.values()))[:0].copy() if tables else Table()

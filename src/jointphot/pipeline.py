@@ -54,11 +54,15 @@ LOCK_WAIT_SECONDS = 15.0
 DIED = "the process running this tile died (killed by a signal, e.g. out of memory)"
 
 # --------------------------------------------------------------------------- steps
+#: The steps that can run for one LR band alone (`band`): its cutout, its forced fit.
+BAND_STEPS = ("cutout", "fit-lr")
+
+
 def step_products(plan, step: str, band: Optional[str] = None) -> List[str]:
-    """Product names (tile_path) a step writes; fit-lr: those of `band` (None: of every band)."""
+    """Product names (tile_path) a step writes; cutout and fit-lr: those of `band` (None: HR and every band)."""
     bands = list(plan["bands"])
     if step == "cutout":
-        return ["hr_cutout"] + [band_product(b, "cutout") for b in bands]
+        return [band_product(band, "cutout")] if band else ["hr_cutout"] + [band_product(b, "cutout") for b in bands]
     if step == "detect":
         return ["hr_detections"]
     if step == "fit-hr":
@@ -82,11 +86,11 @@ def _remove(path: str) -> None:
 
 def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "native",
              band: Optional[str] = None) -> None:
-    """Run one step of one tile (fit-lr: of LR band `band`; None: every band, one after the other), then
-    record that it finished for this job (a .done marker).
+    """Run one step of one tile (cutout and fit-lr: of LR band `band` alone when given; fit-lr without a band:
+    every band, one after the other), then record that it finished for this job (a .done marker).
 
     Before it runs, its own and every later step's products and markers are removed (they
-    would be stale; fit-lr of one band touches that band's only); when it fails, what it wrote is
+    would be stale; a step of one band touches that band's only); when it fails, what it wrote is
     removed too.  So a product without its marker is never older than the job.
     """
     from . import cutout, detect, fit_hr, fit_lr
@@ -94,6 +98,8 @@ def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "
 
     if step not in STEPS:
         raise JointphotError(f"unknown step {step!r}")
+    if band is not None and step not in BAND_STEPS:
+        raise JointphotError(f"step {step!r} runs for the HR image, not for one band ({band!r})")
     if band is not None and band not in plan["bands"]:
         raise JointphotError(f"band {band!r} is not in this job (bands: {', '.join(plan['bands'])})")
     if step == "fit-lr" and band is None:
@@ -102,14 +108,16 @@ def run_step(step: str, plan, tile_id: int, directory: str, engine_name: str = "
         return
     os.makedirs(directory, exist_ok=True)
     for later in STEPS[STEPS.index(step):]:
-        for b in ([band] if later == step else step_bands(plan, later)):
+        if band is not None and later not in BAND_STEPS:
+            continue
+        for b in ([band] if later == step or band is not None else step_bands(plan, later)):
             _remove(_marker(directory, tile_id, later, b))
             for product in step_products(plan, later, b):
                 _remove(tile_path(directory, tile_id, product))
     log.info("tile %d: %s%s", tile_id, step, f" {band}" if band else "")
     try:
         if step == "cutout":
-            cutout.make_cutouts(plan, tile_id, directory)
+            cutout.make_cutouts(plan, tile_id, directory, band)
         elif step == "detect":
             detect.detect_tile(plan, tile_id, directory)
         elif step == "fit-hr":

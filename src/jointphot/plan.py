@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -17,11 +17,11 @@ from .astrometry import read_offsets
 from .errors import JointphotError
 from .images import (celestial_wcs, image_hdu, open_fits, pixel_scale_arcsec, read_section, LR_EXTENSIONS,
                      write_text_atomic)
-from .jobfile import band_job, band_names, load_job, read_json
+from .jobfile import BAND_KEYS, INPUT_KEYS, band_job, band_names, load_job, read_json
 from .psf import load_psf
 from .tiling import Tile, make_grid, tile_from_dict
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 #: Largest tile grid accepted (a typo in cutoutsize_arcsec or a broken pixel scale gives millions).
 MAX_TILES = 100000
 #: Largest plausible pixel scale ["/px] (a CD matrix of zeros is read as 1 deg/px).
@@ -75,6 +75,10 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
         d = {"tile_id": t.tile_id, "ix": t.ix, "iy": t.iy, "core": t.core, "padded": t.padded}
         ra, dec = hr_wcs.all_pix2world([t.centre], 0)[0]
         d["centre_radec"] = [float(ra), float(dec)]
+        # sky corners of the padded region (pixel edges): where each band's LR cutout is taken
+        x0, x1, y0, y1 = t.padded
+        corners = [[x0 - 0.5, y0 - 0.5], [x1 - 0.5, y0 - 0.5], [x0 - 0.5, y1 - 0.5], [x1 - 0.5, y1 - 0.5]]
+        d["padded_corners_radec"] = hr_wcs.all_pix2world(corners, 0).tolist()
         # where position-dependent (PSFEx) PSFs are evaluated: 1-based large-image pixels, per band
         d["psf_position"] = {"hr": [t.centre[0] + 1.0, t.centre[1] + 1.0]}
         for name, band in bands.items():
@@ -95,6 +99,55 @@ def make_plan(job: Dict[str, Any], job_file: str) -> Dict[str, Any]:
         "grid": {"nx": max(t.ix for t in tiles) + 1, "ny": max(t.iy for t in tiles) + 1},
         "tiles": tile_dicts,
     }
+
+
+#: The large images: read by the cutout step only (and by the plan); every later step reads its tile's cutouts.
+MOSAIC_KEYS = ("hr_large_image_name", "hr_large_image_wht_name", "lr_large_image_name")
+
+
+def part_plan(plan: Dict[str, Any], part: str, tile_id: Optional[int] = None) -> Dict[str, Any]:
+    """The plan as the steps of one part see it: part 'hr' (cutout, detect, fit-hr; no LR band) or an LR band
+    (its cutout and fit-lr: the HR keys and that band's), for one tile (`tile_id`) or all.
+
+    Nothing in it depends on the other bands, on the working directory or on where the plan was made,
+    so the pipeline's tasks of a part are re-used (-resume) when only another band changed."""
+    if part != "hr" and part not in plan["bands"]:
+        raise JointphotError(f"band {part!r} is not in this job (bands: {', '.join(plan['bands'])})")
+    bands = [] if part == "hr" else [part]
+    job = {k: v for k, v in plan["job"].items() if k not in BAND_KEYS}
+    job["lr_bands"] = [entry for entry in plan["job"]["lr_bands"] if entry["lr_band"] in bands]
+    job.update(job["lr_bands"][0] if bands else {})
+    job["workdir"] = "."
+    tiles = plan["tiles"] if tile_id is None else [tile_entry(plan, tile_id)]
+    keep = {"hr", *bands}
+    offsets = plan["astrometry_offsets_mas"]
+    return {"jointphot_plan": plan["jointphot_plan"], "jointphot_version": plan["jointphot_version"], "job": job,
+            "job_hash": job_hash(job), "hr": plan["hr"], "bands": {b: plan["bands"][b] for b in bands},
+            "astrometry_offsets_mas": {k: offsets[k] for k in offsets if k in keep}, "grid": plan["grid"],
+            "tiles": [dict(t, psf_position={k: v for k, v in t["psf_position"].items() if k in keep}) for t in tiles]}
+
+
+def part_inputs(part: Dict[str, Any]) -> Dict[str, List[str]]:
+    """The input files that the steps of a part plan read, from the keys of that part (HR or its band's):
+    {'cutout': the large images, 'steps': the PSF, offset and SExtractor files of the later steps}."""
+    job = part["job"]
+    keys = [k for k in INPUT_KEYS if (k in BAND_KEYS) == bool(part["bands"])]
+    files = {k: job[k] for k in keys if isinstance(job.get(k), str) and os.path.exists(job[k])}
+    return {"cutout": sorted({f for k, f in files.items() if k in MOSAIC_KEYS}),
+            "steps": sorted({f for k, f in files.items() if k not in MOSAIC_KEYS})}
+
+
+def write_parts(plan: Dict[str, Any], directory: str) -> List[str]:
+    """Write <directory>/<part>.json ({"plan": part plan of every tile, "inputs": part_inputs}) for 'hr' and each
+    band: what the pipeline gives each task (one tile's part plan and only the files it reads)."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name in ["hr", *plan["bands"]]:
+        part = part_plan(plan, name)
+        paths.append(os.path.join(directory, f"{name}.json"))
+        write_text_atomic(json.dumps({"plan": part, "inputs": part_inputs(part)}, indent=1, sort_keys=True) + "\n",
+                          paths[-1])
+    return paths
 
 
 def _implausible_scale(key, path, scale):
@@ -192,16 +245,11 @@ def _check_overlap(hr_wcs, hr_shape, lr_wcs, lr_shape, job):
                                  f"{job['lr_large_image_name']!r} do not overlap on the sky (check their WCS)")
 
 
-#: Job keys that name input files (their sizes and times enter the job hash).
-FILE_KEYS = ("hr_large_image_name", "lr_large_image_name", "hr_large_image_wht_name", "hr_image_psf", "lr_image_psf",
-             "hr_astrometry_correction_name", "lr_astrometry_correction_name")
-
-
 def job_hash(job: Dict[str, Any]) -> str:
     """Short hash of the job parameters and the input files' sizes and times (for re-use checks)."""
     h = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode())
     views = [job] + list(job.get("lr_bands", []))
-    for view, key in ((v, k) for v in views for k in FILE_KEYS):
+    for view, key in ((v, k) for v in views for k in INPUT_KEYS):
         path = view.get(key)
         if isinstance(path, str) and os.path.exists(path):
             st = os.stat(path)
@@ -226,19 +274,28 @@ def load(path: str) -> Dict[str, Any]:
     return make_plan(load_job(path), path)
 
 
+def tile_entry(plan: Dict[str, Any], tile_id: int) -> Dict[str, Any]:
+    """The plan's dict of tile `tile_id` (a part plan holds only its own tile); a clear error when it has none."""
+    for entry in plan["tiles"]:
+        if entry["tile_id"] == tile_id:
+            return entry
+    n = plan["grid"]["nx"] * plan["grid"]["ny"]
+    if len(plan["tiles"]) < n and 0 <= tile_id < n:
+        raise JointphotError(f"tile {tile_id} is not in this part plan (it holds tile(s) "
+                             f"{', '.join(str(t['tile_id']) for t in plan['tiles'])})")
+    raise JointphotError(f"tile {tile_id} does not exist: the grid has {n} tiles (0..{n - 1})")
+
+
 def get_tile(plan: Dict[str, Any], tile_id: int) -> Tile:
-    """The tile with id `tile_id`; a clear error when it is out of range."""
-    n = len(plan["tiles"])
-    if not 0 <= tile_id < n:
-        raise JointphotError(f"tile {tile_id} does not exist: the grid has {n} tiles (0..{n - 1})")
-    return tile_from_dict(plan["tiles"][tile_id])
+    """The tile with id `tile_id`; a clear error when the plan has no such tile."""
+    return tile_from_dict(tile_entry(plan, tile_id))
 
 
 def tile_psf(plan: Dict[str, Any], tile_id: int, band: str):
     """PSF of `band` ('hr' or 'lr') for a tile, evaluated at the tile centre."""
     job = plan["job"]
     return load_psf(job[f"{band}_image_psf"], job[f"{band}_psf_type"], plan[band]["pixel_scale_arcsec"],
-                    position=tuple(plan["tiles"][tile_id]["psf_position"][band]), **psf_options(job, band))
+                    position=tuple(tile_entry(plan, tile_id)["psf_position"][band]), **psf_options(job, band))
 
 
 def psf_options(job: Dict[str, Any], band: str) -> Dict[str, Any]:
@@ -263,9 +320,9 @@ def band_product(band: str, what: str) -> str:
 
 
 def parse_tiles(spec: str, n_tiles: int) -> List[int]:
-    """'all', '3', '0,2,5' or '0,2,5-7' -> sorted list of tile ids (checked against the grid).  The
-    grammar of the pipeline's --tiles (lib/Jointphot.groovy parseTiles); errors say what is wrong
-    without naming the option (the caller does)."""
+    """'all', '3', '0,2,5' or '0,2,5-7' -> sorted list of tile ids (checked against the grid): `run --tiles`,
+    and the pipeline's --tiles (`jointphot select-tiles` in its PLAN task); errors say what is wrong without
+    naming the option (the caller does)."""
     spec = str(spec).strip()
     if spec.lower() == "all":
         return list(range(n_tiles))

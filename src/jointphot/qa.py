@@ -26,7 +26,7 @@ from astropy.table import Table
 from . import conventions as cv
 from .errors import JointphotError
 from .jobfile import band_names
-from .plan import band_plan, band_product, tile_dir, tile_path
+from .plan import band_plan, band_product, tile_dir, tile_entry, tile_path
 
 log = logging.getLogger("jointphot.qa")
 
@@ -264,7 +264,7 @@ def draw_tile(plan, tile_id: int, path: str, images: Optional[Dict] = None, stat
         table = Table(hdul["LR_FIT"].data)
     fig = Figure(figsize=(15, 10), dpi=100)
     axes = fig.subplots(2, 3)
-    core = plan["tiles"][tile_id]["core"]
+    core = tile_entry(plan, tile_id)["core"]
     hh = im["hr"]["header"]
     x0, y0 = hh.get("JP_X0", 0), hh.get("JP_Y0", 0)
     flagged = cv.is_flagged(table["flags"]) if len(table) else np.zeros(0, bool)
