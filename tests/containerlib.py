@@ -146,7 +146,8 @@ def assert_all_steps_completed(rows, n_tiles=N_TEST_TILES, status=("COMPLETED",)
     counts = {}
     for r in final:
         counts[step(r)] = counts.get(step(r), 0) + 1
-    assert counts == {"PLAN": 1, "CUTOUT": n_tiles, "DETECT": n_tiles, "FIT_HR": n_tiles, "FIT_LR": n_tiles,
+    # CUTOUT per tile and part: the HR image and the test job's one LR band
+    assert counts == {"PLAN": 1, "CUTOUT": 2 * n_tiles, "DETECT": n_tiles, "FIT_HR": n_tiles, "FIT_LR": n_tiles,
                       "MERGE": 1, "QA": 1}, counts
     bad = [(step(r), r.get("tag"), r["status"], r["exit"]) for r in final if r["status"] not in status]
     assert not bad, bad

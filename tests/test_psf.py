@@ -519,7 +519,7 @@ def test_job_psf_keys_reach_the_loaded_psf(tmp_path):
            "lr_psf_light_fraction": 0.99}
     job = validate_job(raw, str(tmp_path))
     plan = {"job": job, "hr": {"pixel_scale_arcsec": 0.03}, "lr": {"pixel_scale_arcsec": 0.168},
-            "tiles": [{"psf_position": {"hr": [1.0, 1.0], "lr": [1.0, 1.0]}}]}
+            "tiles": [{"tile_id": 0, "psf_position": {"hr": [1.0, 1.0], "lr": [1.0, 1.0]}}]}
     hr = tile_psf(plan, 0, "hr")
     assert hr.image.sum() == pytest.approx(0.98, rel=1e-9)
     assert hr.fwhm_pix == pytest.approx(FWHM_PER_SIGMA * 2.0, rel=0.02)      # 4 px at 0.015"/px = 2 px at 0.03"
