@@ -48,12 +48,6 @@ def bands_run(tmp_path_factory):
     return _run_three_bands(tmp_path_factory.mktemp("bands"), SIZE_ARCSEC)
 
 
-#: Criteria not met yet (seed 9): test id -> the open issue and what was measured.
-OPEN = {"g-median": "issue 13: the LR sky (SExtractor's mode of the residual) is lifted by +0.02-0.05 sigma per g tile "
-                    "by faint galaxies no HR detection finds; the g chi median is -0.235 (N = 397; with the true sky, 0, "
-                    "it is +0.036); lr -0.007, z -0.065"}
-
-
 @pytest.fixture(scope="module")
 def band_figures(bands_run):
     catalogue, truth = str(bands_run / "work" / "catalog.fits"), str(bands_run / "truth.fits")
@@ -63,10 +57,7 @@ def band_figures(bands_run):
     return figures
 
 
-@pytest.mark.parametrize("band, figure", [
-    pytest.param(b, k, id=f"{b}-{k}", marks=[pytest.mark.xfail(strict=True, reason=OPEN[f"{b}-{k}"])]
-                 if f"{b}-{k}" in OPEN else [])
-    for b in BANDS for k in ("median", "sigma")])
+@pytest.mark.parametrize("band, figure", [pytest.param(b, k, id=f"{b}-{k}") for b in BANDS for k in ("median", "sigma")])
 def test_every_band_passes_the_truth_thresholds(band_figures, band, figure):
     """Isolated sources with true HR S/N > 20, in each band its image covers: chi median within +-0.15 and
     robust sigma 0.8-1.25 against the band's true flux (>= 150 sources per band)."""
