@@ -3,8 +3,8 @@
  * jointphot: joint prior-based photometry of a high-resolution (HST-like) and a low-resolution
  * (HSC-like) image, tile by tile.
  *
- *   plan (one task) -> cutout -> detect -> fit HR (one task per tile per step) -> fit LR (one task per tile
- *   and LR band) -> merge -> qa (one task each)
+ *   plan (one task) -> cutout (one task per tile and part: HR, each LR band) -> detect -> fit HR (one task
+ *   per tile) -> fit LR (one task per tile and LR band) -> merge -> qa (one task each)
  *
  * Every task runs one `jointphot <subcommand>` (see docs/design.md). Parameters are the keys of the
  * original tool's job file plus a few pipeline options; nextflow_schema.json documents and
