@@ -52,13 +52,14 @@ def inputFiles = Jointphot.inputFiles(job, schema)
 
 workflow JOINTPHOT {
     take:
-    job_json        // value: the job keys as one line of JSON
+    job_json        // value: the job keys as one line of JSON, its files named where PLAN stages them
     inputs          // value: list of the job's input files and directories
+    job_file        // value: the job file with the paths as given (recorded in the plan and the catalogue)
 
     main:
     ch_versions = Channel.empty()
 
-    PLAN(job_json, P.tiles, inputs)
+    PLAN(job_json, P.tiles, inputs, job_file)
     ch_plan = PLAN.out.plan                         // a value channel (all PLAN inputs are values): MERGE and QA read plan.json
     ch_versions = ch_versions.mix(PLAN.out.versions)
 
@@ -75,10 +76,10 @@ workflow JOINTPHOT {
     ch_bands = PLAN.out.plan.map { plan -> [Jointphot.bandNames(plan)] }
     ch_units = ch_tiles.combine(PLAN.out.parts).combine(ch_bands)
         .flatMap { meta, parts, bands -> Jointphot.tileParts(parts, bands, meta.id) }
-    ch_hr_unit = ch_units.filter { meta, plan, cut, steps -> !meta.band }.map { meta, plan, cut, steps -> [meta, plan, steps] }
-    ch_band_unit = ch_units.filter { meta, plan, cut, steps -> meta.band }.map { meta, plan, cut, steps -> [meta, plan, steps] }
+    ch_hr_unit = ch_units.filter { meta, cut_plan, cut, plan, steps -> !meta.band }.map { meta, cut_plan, cut, plan, steps -> [meta, plan, steps] }
+    ch_band_unit = ch_units.filter { meta, cut_plan, cut, plan, steps -> meta.band }.map { meta, cut_plan, cut, plan, steps -> [meta, plan, steps] }
 
-    CUTOUT(ch_units.map { meta, plan, cut, steps -> [meta, plan, cut] })
+    CUTOUT(ch_units.map { meta, cut_plan, cut, plan, steps -> [meta, cut_plan, cut] })
     ch_hr_cutout = CUTOUT.out.tile.filter { meta, files -> !meta.band }
     DETECT(ch_hr_cutout.join(ch_hr_unit))
 
@@ -137,7 +138,9 @@ workflow {
         log.info "jointphot: the job key tile_id=${P.tile_id} is ignored; the pipeline runs --tiles ${P.tiles} (use --tiles ${P.tile_id} for that tile only)"
     log.info "jointphot: results in ${file(P.outdir)}"
 
-    JOINTPHOT(Channel.value(groovy.json.JsonOutput.toJson(job)), Channel.value(inputFiles))
+    def jobFile = Jointphot.contentFile(workflow.workDir.resolve('jointphot-jobs'), 'job', groovy.json.JsonOutput.toJson(job))
+    JOINTPHOT(Channel.value(groovy.json.JsonOutput.toJson(Jointphot.stagedJob(job, inputFiles))), Channel.value(inputFiles),
+              Channel.value(jobFile))
 }
 
 // at the end: the list of failed tiles and why (the run exits non-zero through workflow.failOnIgnore)

@@ -309,6 +309,33 @@ class Jointphot {
         }.findAll { Files.exists(it) }.unique()
     }
 
+    /**
+     * The job as the PLAN task reads it: each file of `inputs` (staged there as inputs/in<i>/<name>, i from 1, in
+     * this order) named by its staged location (`jointphot plan --as-given` records the paths of `job`).
+     */
+    static Map stagedJob(Map job, List<Path> inputs) {
+        def where = [:]
+        inputs.eachWithIndex { Path f, int i -> where[f.toString()] = "inputs/in${i + 1}/${f.fileName}".toString() }
+        def moved = { Map view -> view.collectEntries { k, v -> [k, v instanceof String && where.containsKey(v) ? where[v] : v] } }
+        def staged = moved(job)
+        if (staged.lr_bands instanceof List) staged.lr_bands = ((List) staged.lr_bands).collect { it instanceof Map ? moved((Map) it) : it }
+        return staged
+    }
+
+    /** A file `<stem>_<hash of text>.json` in `dir` holding `text` (written once: its time, and so the hash of the
+     *  task that stages it, stays the same from run to run). */
+    static Path contentFile(Path dir, String stem, String text) {
+        def digest = java.security.MessageDigest.getInstance('SHA-256').digest(text.getBytes('UTF-8')).encodeHex().toString()
+        def f = dir.resolve("${stem}_${digest.take(16)}.json".toString())
+        if (!Files.exists(f)) {
+            Files.createDirectories(dir)
+            def tmp = dir.resolve("${f.fileName}.${UUID.randomUUID()}.tmp".toString())
+            tmp.text = text
+            Files.move(tmp, f, java.nio.file.StandardCopyOption.REPLACE_EXISTING)
+        }
+        return f
+    }
+
     /** The LR band names of a plan.json, in job order. */
     static List<String> bandNames(Path plan) {
         def p = (Map) new JsonSlurper().parse(plan.toFile())
@@ -328,19 +355,22 @@ class Jointphot {
 
     /**
      * The units of work of one tile, one per part (HR, then each LR band in job order):
-     * [meta, plan, cutout inputs, step inputs]. meta is [id: tile] or [id: tile, band: band]; plan the part's
-     * plan of this tile alone, as JSON (a value, so that a task's hash changes only when its own part does:
-     * adding a band re-runs that band's tasks only); the inputs are the files the part's cutout step reads
-     * (the large images) and those its later steps read (PSFs, offsets, SExtractor files).
+     * [meta, cutout plan, cutout inputs, steps plan, steps inputs]. meta is [id: tile] or [id: tile, band: band];
+     * the inputs are the files the part's cutout step reads (the large images) and those its later steps read
+     * (PSFs, offsets, SExtractor files), staged in this order; each plan is the part's plan of this tile alone as
+     * those tasks see it (`jointphot plan --parts`: the staged files at inputs/in<i>/<name>, no host path), as
+     * JSON: a value, so that a task's hash changes only when its own part does (adding a band re-runs that
+     * band's tasks only).
      */
     static List tileParts(Path parts, List<String> bands, int tileId) {
         return (['hr'] + bands).collect { String name ->
             def p = partFile(parts, name)
-            def plan = new LinkedHashMap((Map) p.plan)
-            plan.tiles = ((List) plan.tiles).findAll { ((Map) it).tile_id as int == tileId }
-            def inputs = (Map) p.inputs
-            def files = { String step -> ((List) inputs[step]).collect { Paths.get((String) it) } }
-            [name == 'hr' ? [id: tileId] : [id: tileId, band: name], JsonOutput.toJson(plan), files('cutout'), files('steps')]
+            def unit = { String step ->
+                def plan = new LinkedHashMap((Map) ((Map) p.plans)[step])
+                plan.tiles = ((List) plan.tiles).findAll { ((Map) it).tile_id as int == tileId }
+                [JsonOutput.toJson(plan), ((List) ((Map) p.inputs)[step]).collect { Paths.get((String) it) }]
+            }
+            [name == 'hr' ? [id: tileId] : [id: tileId, band: name]] + unit('cutout') + unit('steps')
         }
     }
 

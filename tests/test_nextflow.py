@@ -98,9 +98,15 @@ def launch(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_run(nextflow, test_data, jointphot_cli, launch):
+def work(tmp_path_factory):
+    """The work directory of the test profile's runs: on another path than the launch directory and the inputs."""
+    return tmp_path_factory.mktemp("elsewhere") / "work"
+
+
+@pytest.fixture(scope="module")
+def test_run(nextflow, test_data, jointphot_cli, launch, work):
     outdir = launch / "results"
-    proc = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(outdir))
+    proc = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(outdir), "-w", str(work))
     print(proc.output[-3000:])
     return proc, outdir
 
@@ -130,6 +136,13 @@ def test_test_profile_runs(test_run):
                                                   for n in names), (tag, names)
         elif process != "PLAN":
             assert names == [], (process, names)
+    # no task reads a host path: the scripts name staged files only, and the tile plans hold no absolute path
+    host = [str(p) for p in TEST_DATA.iterdir()] + [str(TEST_DATA), str(REPO)]
+    for r in rows:
+        script = Path(r["workdir"], ".command.sh").read_text()
+        assert not [p for p in host if p in script], (r["process"], r["tag"])
+        if r["process"].split(":")[-1] not in ("PLAN", "MERGE", "QA"):
+            assert '"/' not in Path(r["workdir"], "tile_plan.json").read_text(), (r["process"], r["tag"])
     for t in range(N_TEST_TILES):
         tile_dir = outdir / "tiles" / f"{t:04d}"
         for product in ("hr_cutout", "lr_cutout", "hr_detections", "hr_fit", "lr_fit"):
@@ -215,11 +228,11 @@ def test_catalogue_header_no_missing_tiles(test_run):
 
 # ---- -resume
 
-def test_resume_reruns_nothing(nextflow, test_run, launch):
+def test_resume_reruns_nothing(nextflow, test_run, launch, work):
     proc, outdir = test_run
     assert proc.returncode == 0, show(proc)
     before = traces(outdir)
-    again = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(outdir), "-resume")
+    again = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(outdir), "-w", str(work), "-resume")
     assert again.returncode == 0, show(again)
     rows = new_trace(outdir, before)
     assert len(rows) == 3 + 5 * N_TEST_TILES           # PLAN, MERGE, QA; per tile 2 CUTOUT, DETECT, FIT_HR, FIT_LR
@@ -228,12 +241,12 @@ def test_resume_reruns_nothing(nextflow, test_run, launch):
 
 # ---- one broken tile
 
-def test_broken_tile(nextflow, test_run, launch):
+def test_broken_tile(nextflow, test_run, launch, work):
     proc, outdir = test_run
     assert proc.returncode == 0, show(proc)
     broken_out = launch / "results-broken"
     # -resume: the tasks of the good run are reused; FIT_HR of the broken tile, its FIT_LR and MERGE are new
-    run = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(broken_out),
+    run = run_pipeline(nextflow, launch, "-profile", "test", "--outdir", str(broken_out), "-w", str(work),
                        "--fail_tiles", str(BROKEN_TILE), "-resume")
     assert run.returncode != 0, show(run)
     assert f"tile {BROKEN_TILE}: FIT_HR failed" in run.output, show(run)

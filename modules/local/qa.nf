@@ -19,13 +19,12 @@ process QA {
 
     script:
     """
-    # `jointphot qa` reads the tiles from <workdir>/tiles/NNNN: lay the staged files out so, with workdir "."
+    # `jointphot qa` reads the tiles from <workdir>/tiles/NNNN: lay the staged files out so, with --workdir .
     for f in staged/t[0-9][0-9][0-9][0-9]_*; do
         b=\$(basename "\$f"); mkdir -p "tiles/\${b:1:4}"; ln -s "../../\$f" "tiles/\${b:1:4}/\$b"
     done
-    python3 -c 'import json, sys; p = json.load(open(sys.argv[1])); p["job"]["workdir"] = "."; json.dump(p, open("qa_plan.json", "w"))' ${plan}
 
-    jointphot qa qa_plan.json -o qa --jobs ${task.cpus} \\
+    jointphot qa ${plan} --workdir . -o qa --jobs ${task.cpus} \\
         || echo "WARNING: jointphot qa failed (exit \$?): no QA pictures; the catalogue is not affected" >&2
 
     jointphot versions "${task.process}" --tool matplotlib > versions.yml

@@ -125,15 +125,22 @@ def _with_tile_args(func, engine=False):
 @click.option("--parts", type=click.Path(file_okay=False), default=None,
               help="Also write the part plans into this directory: hr.json and <band>.json, each the plan as the "
                    "steps of that part see it and the input files they read (what the pipeline gives each task).")
+@click.option("--as-given", type=click.Path(dir_okay=False), default=None,
+              help="The job file as the user gave it, when JOB is that job naming staged copies of its input files "
+                   "(a pipeline task): the plan records the paths as given.")
 @_verbosity_options
-def plan_command(job, output, parts):
+def plan_command(job, output, parts, as_given):
     """Check the inputs and lay out the tile grid; write plan.json.
 
     The plan holds the resolved job (absolute paths, defaults filled) and, per tile, its
     core (owned region) and padded (cut-out) region in 0-based HR pixels of the large image.
     """
     from . import plan as plan_mod
+    from .jobfile import read_json
     plan = _load(job)
+    if as_given:
+        plan = plan_mod.with_input_paths(plan, plan_mod.staged_paths(read_json(job), read_json(as_given), as_given),
+                                         os.path.dirname(os.path.abspath(job)))
     output = output or os.path.join(plan["job"]["workdir"], "plan.json")
     plan_mod.write_plan(plan, output)
     if parts:
@@ -376,8 +383,10 @@ def _run_qa(plan, logger, catalog=None, jobs=1):
 @click.option("--force", is_flag=True, help="Redraw the tile pictures even when they are newer than their tile's products.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tile pictures drawn in parallel.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Work directory whose tiles/NNNN hold the tiles' products (default: the job's workdir).")
 @_verbosity_options
-def qa_command(job, tiles, outdir, force, jobs):
+def qa_command(job, tiles, outdir, force, jobs, workdir):
     """Draw the QA pictures: per tile HR and LR data / model / residual with the detections
     (qa/tile_NNNN.png), and a summary (qa/summary.png, qa/summary.html): tile map coloured by
     status, LR vs HR magnitude, flux error vs magnitude, residual statistics per tile."""
@@ -385,6 +394,8 @@ def qa_command(job, tiles, outdir, force, jobs):
     from . import qa
     qa.require_matplotlib()
     plan = _load(job)
+    if workdir:
+        plan = dict(plan, job=dict(plan["job"], workdir=os.path.abspath(workdir)))
     try:
         ids = plan_mod.parse_tiles(tiles, len(plan["tiles"]))
     except JointphotError as exc:

@@ -118,6 +118,7 @@ def part_plan(plan: Dict[str, Any], part: str, tile_id: Optional[int] = None) ->
     job["lr_bands"] = [entry for entry in plan["job"]["lr_bands"] if entry["lr_band"] in bands]
     job.update(job["lr_bands"][0] if bands else {})
     job["workdir"] = "."
+    job["cutout_output_dir"] = None
     tiles = plan["tiles"] if tile_id is None else [tile_entry(plan, tile_id)]
     keep = {"hr", *bands}
     offsets = plan["astrometry_offsets_mas"]
@@ -137,17 +138,64 @@ def part_inputs(part: Dict[str, Any]) -> Dict[str, List[str]]:
             "steps": sorted({f for k, f in files.items() if k not in MOSAIC_KEYS})}
 
 
+#: Where a pipeline task finds the i-th (from 1) of the input files it staged: Nextflow's stageAs 'inputs/in*/*'.
+STAGED_INPUT = "inputs/in{index}/{name}"
+#: What a task's plan calls an input file of its part that the task did not stage (a step reading it fails naming it).
+NOT_STAGED = "not-staged/{name}"
+
+
+def task_plan(part: Dict[str, Any], staged: List[str]) -> Dict[str, Any]:
+    """The part plan as a pipeline task sees it: the input files `staged` (in staging order) at their STAGED_INPUT
+    locations, every other input file of the job at NOT_STAGED; no host path is left in it.  The job hash stays
+    the part's (it describes the user's files)."""
+    where = {f: STAGED_INPUT.format(index=i, name=os.path.basename(f.rstrip("/"))) for i, f in enumerate(staged, 1)}
+
+    def moved(view):
+        return {k: where.get(v, NOT_STAGED.format(name=os.path.basename(v.rstrip("/"))))
+                if k in INPUT_KEYS and isinstance(v, str) else v for k, v in view.items()}
+    job = moved(part["job"])
+    job["lr_bands"] = [moved(entry) for entry in job["lr_bands"]]
+    return dict(part, job=job)
+
+
 def write_parts(plan: Dict[str, Any], directory: str) -> List[str]:
-    """Write <directory>/<part>.json ({"plan": part plan of every tile, "inputs": part_inputs}) for 'hr' and each
-    band: what the pipeline gives each task (one tile's part plan and only the files it reads)."""
+    """Write <directory>/<part>.json for 'hr' and each band: what the pipeline gives each task of a tile,
+    {"inputs": {"cutout": [...], "steps": [...]}: the files the cutout step and the later steps read (part_inputs),
+    "plans": {"cutout": ..., "steps": ...}: the part plan of every tile as those tasks see it (task_plan)}."""
     os.makedirs(directory, exist_ok=True)
     paths = []
     for name in ["hr", *plan["bands"]]:
         part = part_plan(plan, name)
+        inputs = part_inputs(part)
+        content = {"inputs": inputs, "plans": {step: task_plan(part, files) for step, files in inputs.items()}}
         paths.append(os.path.join(directory, f"{name}.json"))
-        write_text_atomic(json.dumps({"plan": part, "inputs": part_inputs(part)}, indent=1, sort_keys=True) + "\n",
-                          paths[-1])
+        write_text_atomic(json.dumps(content, indent=1, sort_keys=True) + "\n", paths[-1])
     return paths
+
+
+def staged_paths(staged: Dict[str, Any], given: Dict[str, Any], given_file: str) -> Dict[str, str]:
+    """{path in the job `staged`: the path in the job `given`} for each input key: the two job files (JSON content)
+    are one job, `staged` naming the copies of the files of `given` that a pipeline task staged."""
+    def views(job):
+        return [job] + [entry for entry in job.get("lr_bands") or [] if isinstance(entry, dict)]
+    pairs = list(zip(views(staged), views(given)))
+    if len(views(staged)) != len(views(given)) or any(set(a) != set(b) for a, b in pairs):
+        raise JointphotError(f"--as-given: {given_file!r} is not the job that the plan's job file stages (other keys "
+                             f"or bands)")
+    return {a[k]: b[k] for a, b in pairs for k in INPUT_KEYS if isinstance(a.get(k), str) and isinstance(b.get(k), str)}
+
+
+def with_input_paths(plan: Dict[str, Any], given: Dict[str, str], base_dir: str = ".") -> Dict[str, Any]:
+    """The plan with its job's input paths that are keys of `given` (staged copies, in a pipeline task) replaced
+    by the paths as the user gave them (recorded in plan.json, the parts and the catalogue; the job hash kept).
+    Relative keys are found as the job file's paths are: in the working directory, else in `base_dir`."""
+    given = {os.path.abspath(k if os.path.exists(k) else os.path.join(base_dir, k)): v for k, v in given.items()}
+
+    def restored(view):
+        return {k: given.get(v, v) if k in INPUT_KEYS and isinstance(v, str) else v for k, v in view.items()}
+    job = restored(plan["job"])
+    job["lr_bands"] = [restored(entry) for entry in job["lr_bands"]]
+    return dict(plan, job=job)
 
 
 def _implausible_scale(key, path, scale):
