@@ -163,12 +163,9 @@ def catalog_path(outdir):
 
 
 def check_catalog(catalog, truth):
-    """The truth thresholds of issue 2 (tests/truthcheck.py); the native engine's HR chi median on the
-    example field is the open figure truthcheck.EXAMPLE_HR_MEDIAN_OPEN (a strict xfail of its own)."""
-    from astropy.io import fits
+    """The truth thresholds of issue 2 (tests/truthcheck.py)."""
     from truthcheck import check_catalog_against_truth
-    native = "native" in fits.getheader(str(catalog), "CATALOG").get("JP_ENGV", "")
-    return check_catalog_against_truth(str(catalog), str(truth), keys=("lr_chi",) if native else ("hr_chi", "lr_chi"))
+    return check_catalog_against_truth(str(catalog), str(truth))
 
 
 def job_for(data_dir, workdir, data_prefix=None):

@@ -70,12 +70,14 @@ def area_arcmin2(path):
 def flux_table(rows):
     """The per-type, per-bin figures of flux rows (truthcheck.binned_flux_figures) as a text table."""
     lines = [f"  {'type':6s} {'HR S/N':8s} | {'N':>4s} {'HR bias':>8s} {'med chi':>8s} {'sig chi':>8s} | "
-             f"{'N':>4s} {'LR bias':>8s} {'med chi':>8s} {'sig chi':>8s} | colour {'med chi':>8s} {'sig chi':>8s}"]
+             f"{'N':>4s} {'LR bias':>8s} {'med chi':>8s} {'sig chi':>8s} | colour {'med chi':>8s} {'sig chi':>8s} | "
+             f"HR chi - ideal (N)"]
     for kind, (lo, hi), f in truthcheck.binned_flux_figures(rows):
         label = f"{lo:.0f}-{hi:.0f}" if np.isfinite(hi) else f">{lo:.0f}"
-        (nh, bh, mh, sh), (nl, bl, ml, sl), (_, mc, sc) = f["hr"], f["lr"], f["colour"]
+        (nh, bh, mh, sh), (nl, bl, ml, sl), (_, mc, sc), (npair, paired) = f["hr"], f["lr"], f["colour"], f["hr_paired"]
         lines.append(f"  {kind:6s} {label:8s} | {nh:4d} {bh:+8.3f} {mh:+8.2f} {sh:8.2f} | "
-                     f"{nl:4d} {bl:+8.3f} {ml:+8.2f} {sl:8.2f} |        {mc:+8.2f} {sc:8.2f}")
+                     f"{nl:4d} {bl:+8.3f} {ml:+8.2f} {sl:8.2f} |        {mc:+8.2f} {sc:8.2f} | "
+                     + (f"{paired:+.3f} ({npair})" if npair else "-"))
     return "\n".join(lines)
 
 
@@ -108,6 +110,7 @@ def run_field(seed, directory, options, *, engine=None, job=None, jobs=2, timeou
             print(f"seed {seed}: run took {seconds:.0f} s, exit status {status}")
             json.dump(settings, open(stamp, "w"))
     truth, _ = truthcheck.load(os.path.join(outdir, "truth.fits"))
+    truth["hr_chi_ideal"] = truthcheck.ideal_point_chi(outdir, truth)
     tiles = [tile_from_dict(d) for d in json.load(open(os.path.join(outdir, "work", "plan.json")))["tiles"]]
     if os.path.exists(catalogue):
         cat, header = truthcheck.load(catalogue)

@@ -151,13 +151,7 @@ def test_both_engines_pass_the_truth_thresholds(field_runs, engine):
           f"(n={figures['hr_chi'][2]}); LR chi median {figures['lr_chi'][0]:+.3f} sigma {figures['lr_chi'][1]:.3f} "
           f"(n={figures['lr_chi'][2]}); completeness {figures['completeness_snr10']:.3f}; "
           f"median offset {figures['median_offset_mas']:.2f} mas")
-    truthcheck.check_catalog_against_truth(field_runs[engine]["catalog"], field_runs["truth"],
-                                           keys=("lr_chi",) if engine == "native" else ("hr_chi", "lr_chi"))
-
-
-@pytest.mark.xfail(strict=True, reason=truthcheck.EXAMPLE_HR_MEDIAN_OPEN)
-def test_native_hr_median_against_truth(field_runs):
-    assert abs(truthcheck.catalog_figures(field_runs["native"]["catalog"], field_runs["truth"])["hr_chi"][0]) < 0.15
+    truthcheck.check_catalog_against_truth(field_runs[engine]["catalog"], field_runs["truth"])
 
 
 def test_tractor_run_records_the_engine(field_runs):

@@ -48,8 +48,10 @@ def test_compact_galaxy_renders_like_galsim_at_subpixel_positions(engine, re, n)
     into which the Tractor would clamp them: fluxes up to 4 % high) at any sub-pixel position
     (the Tractor's Lanczos-3 shift broadens them: fluxes 0.1-0.3 % low).  The flux a linear
     fit of the engine's unit model gives to a GalSim image of the (8 r_e truncated) galaxy must
-    be the same at every sub-pixel position to 2e-4, and 1 to 1.2e-3 (the Gaussian mixture
-    cannot end sharply at 8 r_e: +1.0e-3 at n = 4, r_e = 0.35 px through this PSF)."""
+    be the same at every sub-pixel position to 2e-4, and 1 to 1.2e-3 (the Tractor's Gaussian mixture
+    cannot end sharply at 8 r_e: +1.0e-3 at n = 4, r_e = 0.35 px through this PSF; the native engine
+    renders the truncation exactly, models.truncation_correction: 1 to 4e-4, the
+    rest -2.8e-4 at every n: the Moffat light beyond the 49 px PSF stamp)."""
     moffat = galsim.Moffat(beta=3.0, fwhm=3.6)
     epsf = moffat.drawImage(nx=49, ny=49, scale=1.0, method="auto").array.astype(float)
     psf = PSF(image=epsf / epsf.sum(), kind="fits")
@@ -61,7 +63,8 @@ def test_compact_galaxy_renders_like_galsim_at_subpixel_positions(engine, re, n)
             truth, method="auto", center=galsim.PositionD(x + 1.0, y + 1.0))
         model = engine.render(shape, psf, [Source("sersic", x, y, 1.0, re=re, ab=1.0, phi=0.0, n=n)])
         fluxes.append(float((truth.array * model).sum() / (model * model).sum()))
-    assert np.ptp(fluxes) < 2e-4 and np.abs(np.array(fluxes) - 1.0).max() < 1.2e-3, fluxes
+    tol = 1.2e-3 if engine.name == "tractor" else 4e-4
+    assert np.ptp(fluxes) < 2e-4 and np.abs(np.array(fluxes) - 1.0).max() < tol, fluxes
 
 
 # --- flux recovery over many realisations ----------------------------------------------------

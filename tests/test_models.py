@@ -35,6 +35,17 @@ def test_stored_mixture_table_is_the_fit():
         np.testing.assert_allclose(table[i], models.fit_mixture(nodes[i]), rtol=0, atol=1e-10, err_msg=str(nodes[i]))
 
 
+def test_stored_truncation_table_is_the_correction():
+    """data/sersic_truncation_ft.npy holds truncation_correction of every node (float32; regenerate with
+    `python -m jointphot.models`)."""
+    table = np.load(models.CORRECTION_TABLE)
+    nodes = models._grid_nodes()
+    assert table.shape == (len(nodes), 2, models._CORRECTION_NT)
+    for i in (0, 75, len(nodes) - 1):
+        want = models.truncation_correction(nodes[i])
+        np.testing.assert_allclose(table[i], want, rtol=0, atol=1e-6 * np.abs(want).max() + 1e-9, err_msg=str(nodes[i]))
+
+
 @pytest.mark.parametrize("n", [1.0, 4.0])
 def test_profiles_are_cut_at_8_re_like_galsim_trunc(n):
     """The profile integrates to 1 and is zero beyond 8 r_e; its flux fraction of the

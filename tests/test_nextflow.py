@@ -191,7 +191,6 @@ def test_catalogue_hr_fluxes_against_truth(figures):
     assert 0.8 < sig < 1.25, figures["hr_chi"]
 
 
-@pytest.mark.xfail(strict=True, reason=truthcheck.EXAMPLE_HR_MEDIAN_OPEN)
 def test_catalogue_hr_flux_median_against_truth(figures):
     assert abs(figures["hr_chi"][0]) < 0.15, figures["hr_chi"]
 

@@ -47,7 +47,6 @@ def test_hr_fluxes_against_truth(native_run):
     assert 0.8 < sig < 1.25
 
 
-@pytest.mark.xfail(strict=True, reason=truthcheck.EXAMPLE_HR_MEDIAN_OPEN)
 def test_hr_flux_median_against_truth(native_run):
     directory, _ = native_run
     f = truthcheck.catalog_figures(os.path.join(directory, "work", "catalog.fits"), os.path.join(directory, "truth.fits"))

@@ -11,6 +11,10 @@ fields of tests/fieldrun.py, >= 150 isolated sources per (type, true HR S/N bin)
   a colour per component, white noise (issue 12: galaxy flux bias within 1 % in HR, 2 % in LR; chi
   robust sigma 0.8-1.25).
 
+The median chi of ~150 sources is uncertain by ~0.1 whatever the estimator, so for stars the pipeline's own HR
+bias is also asserted free of the noise realisation: the median of (catalogue chi - the chi of the ideal
+estimator, the true PSF at the true position on the same pixels; truthcheck.ideal_point_chi) within +-0.05.
+
 One test per figure; the ones still open are strict xfails naming the issue and the measured value, so
 a fix shows up as an XPASS failure and is then promoted.  About 5 min per field set on 2 cores.
 """
@@ -32,6 +36,7 @@ FIELDS = {
     "composite": ["--galaxies", "composite"],
 }
 MIN_SOURCES = 150             # per type and bin: the median chi is then known to +-1.25/sqrt(N) ~ 0.1
+PAIRED_MEDIAN = 0.05          # median of (catalogue chi - ideal estimator's chi) per bin (truthcheck.ideal_point_chi)
 SPURIOUS_PER_ARCMIN2 = 1.0    # at measured HR S/N > truthcheck.DETECTION_SNR
 DETECTIONS_PER_TRUTH = 1.5    # a tile's detections within this factor of the truth count (both S/N > 5)
 
@@ -47,6 +52,8 @@ def _checks():
                 out.append(("correlated", kind, label, "n", band, MIN_SOURCES, math.inf))
                 out.append(("correlated", kind, label, "median chi", band, -0.15, 0.15))
                 out.append(("correlated", kind, label, "sigma chi", band, 0.85, 1.15))
+        # the pipeline's own bias on stars, free of the noise realisation: catalogue chi - ideal estimator's chi
+        out.append(("correlated", "star", label, "paired median chi", "hr", -PAIRED_MEDIAN, PAIRED_MEDIAN))
         for band in ("hr", "lr"):
             out.append(("correlated", "galaxy", label, "bias", band, -0.01, 0.01))
             out.append(("composite", "galaxy", label, "n", band, MIN_SOURCES, math.inf))
@@ -56,28 +63,31 @@ def _checks():
     return out
 
 
-#: Criteria not met yet: test id -> the open issue and what was measured (2026-12-02, seeds 21-23, code of the LR
-#: sky 4 PSF FWHM inside the tile's edge).
-_STAR_MEDIANS = ("issue 13: HR star chi medians of +0.16 / -0.14 / +0.16 (S/N 20-50, 50-200, > 200) with N = 159-239 "
-                 "(standard error of a median ~0.09) change sign with the bin (cause not established); the LR "
-                 "medians, -0.04 / -0.10 / -0.11 since the LR sky is measured 4 PSF FWHM inside the tile's edge, "
-                 "and the colour medians -0.12 / -0.00 / -0.10 pass")
+#: Criteria not met yet: test id -> the open issue and what was measured (2026-12-02, seeds 21-23, code of the exact
+#: truncation at 8 r_e and of the LR sky 4 PSF FWHM inside the tile's edge).
+_STAR_MEDIANS = ("issue 13: HR star chi medians of +0.16 / -0.14 / +0.16 (S/N 20-50, 50-200, > 200; N = 159-239) are "
+                 "these seeds' noise: the ideal estimator (the true PSF at the true position on the same pixels) "
+                 "gives +0.14 / -0.14 / +0.15, the paired median (catalogue - ideal) is +0.011 / -0.001 / -0.005 "
+                 "(asserted within 0.05), and on 13 more seeds (101-113, N = 694-1100) the ideal estimator's "
+                 "medians are +0.05 / -0.02 / +0.04.  The 0.15 bound on ~150 sources is 1.5 standard errors of "
+                 "a median: a perfect pipeline misses it in ~13 % of bins")
 _COMPOSITE = ("issue 12: bulge + disc + knot galaxies are fitted as a Sersic unless a bulge + disc (comp) improves chi^2 by "
               "> 8; where the Sersic stays (most at S/N 20-50) it runs to n = 3-6 and extrapolates wings the galaxy "
-              "does not have.  Seeds 21-23: HR bias +7.1 / +1.2 / +0.0 %, LR +5.7 / +0.2 / -0.6 % (S/N 20-50, 50-200, "
+              "does not have.  Seeds 21-23: HR bias +6.9 / +1.0 / -0.0 %, LR +5.4 / -0.0 / -0.6 % (S/N 20-50, 50-200, "
               "> 200; without comp +11.9 / +6.3 / +3.1 and +13.5 / +4.8 / +1.3 %); at a threshold of 2 +3.6 / +0.7 / "
               "+0.0 % but single-Sersic galaxies at 50-200 got chi sigma 1.19 (comps miss 4-6 % of a truncated n ~ 3 "
-              "profile)")
+              "profile).  HR chi sigma 1.11 / 1.23 / 1.26, LR 1.10 / 1.26 / 1.40 (model mismatch: colour gradients "
+              "between the components, the HR shape is not the LR shape; since the profiles are rendered exactly "
+              "truncated at 8 r_e, the two 1.26 figures were below 1.25 and the > 200 LR one was 1.28)")
 OPEN = {
     "correlated-star-20-50-hr-median_chi": _STAR_MEDIANS + "; HR S/N 20-50: +0.16",
     "correlated-star->200-hr-median_chi": _STAR_MEDIANS + "; HR S/N > 200: +0.16",
-    "correlated-galaxy->200-lr-median_chi": "issue 13: LR chi median +0.22 for galaxies at HR S/N > 200 (N = 223)",
     "composite-galaxy-20-50-hr-bias": _COMPOSITE,
     "composite-galaxy-20-50-lr-bias": _COMPOSITE,
     "composite-galaxy-50-200-hr-bias": _COMPOSITE,
-    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.28 at S/N > 200 (colour gradients between the "
-                                                       "components: the HR shape is not the LR shape; LR chi median "
-                                                       "-0.83)",
+    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.40 at S/N > 200 (LR chi median -0.89)",
+    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.26 at S/N > 200",
+    "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.26 at S/N 50-200",
 }
 
 
@@ -112,6 +122,8 @@ def _value(f, band, figure):
     if band == "colour":
         n, med, sig = f["colour"]
         return {"n": n, "median chi": med, "sigma chi": sig}[figure]
+    if figure == "paired median chi":
+        return f[f"{band}_paired"][1]
     n, bias, med, sig = f[band]
     return {"n": n, "bias": bias, "median chi": med, "sigma chi": sig}[figure]
 

@@ -6,7 +6,6 @@ Thresholds (issue 2): for isolated sources with HR S/N > 20, the median of
 offset < 5 mas; no duplicates.  On ONE field the median of N chi values is uncertain by
 ~1.25/sqrt(N) (0.09 for the example field's ~190 sources); the +-0.15 criterion is also asserted
 per type and S/N bin over three seeds (>= 150 sources per bin) by test_statistics.py.
-EXAMPLE_HR_MEDIAN_OPEN says why the example field's native HR median misses it.
 
 Per type and HR S/N bin (issues 12, 13; scripts/validate): flux_rows -> binned_flux_figures, and
 the detection figures spurious_per_arcmin2 and detections_per_tile.
@@ -45,14 +44,6 @@ def match(cat, truth, radius_arcsec=MATCH_RADIUS_ARCSEC):
     dist, idx = cKDTree(_xy_arcsec(cat, dec0)).query(_xy_arcsec(truth, dec0), distance_upper_bound=radius_arcsec)
     idx = np.where(np.isfinite(dist), idx, -1)
     return idx, dist * 1000.0
-
-
-#: Why the example field's (seed 1) native HR chi median, +0.17 over 188 sources, misses 0.15: its 41
-#: isolated stars with S/N > 50 have chi median +0.32 and robust sigma 0.45 even for the ideal
-#: estimator (a linear fit of the true PSF at the true position), i.e. the noise realisation.  The
-#: criterion holds per bin over three seeds (test_statistics.py); the Tractor engine gives +0.142.
-EXAMPLE_HR_MEDIAN_OPEN = ("example field, native engine: HR chi median +0.17 > 0.15; the stars' noise realisation "
-                          "gives +0.32 even for the ideal estimator (truthcheck.EXAMPLE_HR_MEDIAN_OPEN)")
 
 
 def robust_stats(chi):
@@ -114,6 +105,45 @@ def check_catalog_against_truth(catalog_path, truth_path, band="lr", keys=("hr_c
     return f
 
 
+def ideal_point_chi(directory, truth, half=12):
+    """Per truth source of the simulated field in `directory`: the HR flux chi of the best estimator of a
+    point source (a linear fit of the job's HR PSF at the true position on hr.fits, weights hr_wht.fits, its
+    error including the noise correlation of the simulation); NaN for galaxies and stars near an edge or a
+    zero weight.  The median of chi over N stars is uncertain by ~1.25/sqrt(N) (0.1 for 150) even for this
+    estimator; the median of (catalogue chi - ideal chi) on the same stars is not (~0.003): it is the
+    pipeline's own bias."""
+    import galsim
+    from jointphot.engines.base import Source
+    from jointphot.engines.native import NativeEngine
+    from jointphot.jobfile import load_job
+    from jointphot.noise import NoiseModel, variance_factor
+    from jointphot.plan import psf_options
+    from jointphot.psf import load_psf
+    from jointphot.simulate import HR_SCALE, cosmos_acf
+    job = load_job(f"{directory}/job.json")
+    psf = load_psf(job["hr_image_psf"], job["hr_psf_type"], HR_SCALE, **psf_options(job, "hr"))
+    image = fits.getdata(f"{directory}/hr.fits").astype(float)
+    weight = fits.getdata(f"{directory}/hr_wht.fits").astype(float)
+    correlated = fits.getheader(f"{directory}/truth.fits", 1).get("HR_NOISE", "white") == "cosmos"
+    noise = NoiseModel(1.0, cosmos_acf(galsim) if correlated else np.ones((1, 1)), 0)
+    engine, size = NativeEngine(), 2 * half + 1
+    out = np.full(len(truth), np.nan)
+    for i in np.flatnonzero(np.asarray(truth["kind"]) == "point"):
+        x, y = float(truth["x_hr"][i]), float(truth["y_hr"][i])
+        ix, iy = int(round(x)), int(round(y))
+        if min(ix, iy) < half or ix + half >= image.shape[1] or iy + half >= image.shape[0]:
+            continue
+        cut = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        w = weight[cut]
+        if not np.all(w > 0):
+            continue
+        unit = engine.render((size, size), psf, [Source("point", x - ix + half, y - iy + half, 1.0)])
+        norm = float(np.sum(w * unit * unit))
+        flux = float(np.sum(w * unit * image[cut])) / norm
+        out[i] = (flux - float(truth["hr_flux"][i])) / math.sqrt(variance_factor(noise, unit * w, w) / norm)
+    return out
+
+
 def flux_rows(cat, truth, band="lr"):
     """One row per isolated truth source matched within MATCH_RADIUS_ARCSEC: type ('star' for kind point,
     else 'galaxy'), true HR S/N, true and measured HR/LR fluxes and errors (counts; LR: band `band`), lr_ok
@@ -132,12 +162,14 @@ def flux_rows(cat, truth, band="lr"):
         "lr_err": np.asarray(cat[f"{band}_flux_err"], float)[m],
         "lr_hr_cov": np.asarray(cat[f"{band}_hr_flux_cov"], float)[m],
         "lr_ok": (np.asarray(cat[f"{band}_masked_frac"], float)[m] < LR_MASKED_MAX) & covered(t, band),
+        "hr_chi_ideal": np.asarray(t["hr_chi_ideal"], float) if "hr_chi_ideal" in t.colnames else np.full(len(t), np.nan),
     })
 
 
 def flux_figures(rows):
     """{'hr'|'lr': (N, median fractional bias, median chi, robust sigma of chi), 'colour': (N, median
-    chi, robust sigma)} of flux_rows; chi = (measured - true) / error, fractional bias = measured/true - 1.
+    chi, robust sigma), 'hr_paired': (N, median of HR chi - ideal_point_chi) where the rows have it} of
+    flux_rows; chi = (measured - true) / error, fractional bias = measured/true - 1.
     Colour chi = (lr - c hr) / sqrt(lr_err^2 - 2 c cov + c^2 hr_err^2), c the true LR/HR ratio and cov the
     catalogue's LR-HR flux covariance through the HR shape: the measured LR/HR colour against the true one."""
     out = {}
@@ -152,6 +184,10 @@ def flux_figures(rows):
     colour_chi = (np.asarray(r["lr_flux"]) - c * np.asarray(r["hr_flux"])) / np.sqrt(colour_var)
     med, sig, n = robust_stats(colour_chi) if len(r) else (math.nan, math.nan, 0)
     out["colour"] = (n, med, sig)
+    ideal = np.asarray(rows["hr_chi_ideal"], float) if "hr_chi_ideal" in rows.colnames else np.full(len(rows), np.nan)
+    ok = np.isfinite(ideal)
+    chi = (np.asarray(rows["hr_flux"], float) - np.asarray(rows["hr_true"], float)) / np.asarray(rows["hr_err"], float)
+    out["hr_paired"] = (int(ok.sum()), float(np.median(chi[ok] - ideal[ok])) if ok.any() else math.nan)
     return out
 
 
