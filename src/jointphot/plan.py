@@ -149,13 +149,16 @@ def task_plan(part: Dict[str, Any], staged: List[str]) -> Dict[str, Any]:
     locations, every other input file of the job at NOT_STAGED; no host path is left in it.  The job hash stays
     the part's (it describes the user's files)."""
     where = {f: STAGED_INPUT.format(index=i, name=os.path.basename(f.rstrip("/"))) for i, f in enumerate(staged, 1)}
+    return _with_input_paths_mapped(part, lambda p: where.get(p, NOT_STAGED.format(name=os.path.basename(p.rstrip("/")))))
 
-    def moved(view):
-        return {k: where.get(v, NOT_STAGED.format(name=os.path.basename(v.rstrip("/"))))
-                if k in INPUT_KEYS and isinstance(v, str) else v for k, v in view.items()}
-    job = moved(part["job"])
-    job["lr_bands"] = [moved(entry) for entry in job["lr_bands"]]
-    return dict(part, job=job)
+
+def _with_input_paths_mapped(plan: Dict[str, Any], new_path) -> Dict[str, Any]:
+    """The plan with each input path of its job (top level and every lr_bands entry) replaced by new_path(path)."""
+    def mapped(view):
+        return {k: new_path(v) if k in INPUT_KEYS and isinstance(v, str) else v for k, v in view.items()}
+    job = mapped(plan["job"])
+    job["lr_bands"] = [mapped(entry) for entry in job["lr_bands"]]
+    return dict(plan, job=job)
 
 
 def write_parts(plan: Dict[str, Any], directory: str) -> List[str]:
@@ -190,12 +193,7 @@ def with_input_paths(plan: Dict[str, Any], given: Dict[str, str], base_dir: str 
     by the paths as the user gave them (recorded in plan.json, the parts and the catalogue; the job hash kept).
     Relative keys are found as the job file's paths are: in the working directory, else in `base_dir`."""
     given = {os.path.abspath(k if os.path.exists(k) else os.path.join(base_dir, k)): v for k, v in given.items()}
-
-    def restored(view):
-        return {k: given.get(v, v) if k in INPUT_KEYS and isinstance(v, str) else v for k, v in view.items()}
-    job = restored(plan["job"])
-    job["lr_bands"] = [restored(entry) for entry in job["lr_bands"]]
-    return dict(plan, job=job)
+    return _with_input_paths_mapped(plan, lambda p: given.get(p, p))
 
 
 def _implausible_scale(key, path, scale):
