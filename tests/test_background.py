@@ -40,3 +40,24 @@ def test_sextractor_sky_follows_the_noise_peak_under_faint_light():
     skewed = 2.0 + rng.exponential(1.0, 100000) ** 2
     mean, median, sigma = sigma_clipped_stats(skewed, sigma=3.0, maxiters=10)
     assert (mean - median) / sigma > MODE_SKEW_LIMIT and sextractor_sky(skewed) == median
+
+
+def test_clipped_mean_median_is_astropys_to_the_bit():
+    """background.clipped_mean_median (one sort, then ranges of it) against astropy's sigma_clipped_stats:
+    noise with outliers (odd and even sizes), with non-finite values, a constant, and one value."""
+    import warnings
+
+    from astropy.stats import sigma_clipped_stats
+
+    from jointphot.background import clipped_mean_median
+
+    rng = np.random.default_rng(7)
+    noisy = np.concatenate([rng.normal(3.0, 1.0, 20000), rng.exponential(5.0, 3000) + 3.0])
+    with_nan = noisy.copy()
+    with_nan[::97] = np.nan
+    with_nan[5] = np.inf
+    for values in (noisy, noisy[:-1], with_nan, np.full(10, 2.5), np.array([1.5])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = sigma_clipped_stats(values, sigma=3.0, maxiters=10)[:2]
+        assert clipped_mean_median(values) == expected

@@ -470,3 +470,13 @@ def test_cli_options(tmp_path):
                                (["--star-mags", "26,22"], 2, "brighter")):
         result = CliRunner().invoke(main, ["simulate", out, "--size-arcsec", "10", *args])
         assert result.exit_code == status and word in result.output, result.output
+
+
+def test_density_sets_the_number_of_sources(tmp_path):
+    """density [per arcmin^2] scales the unblended sources and the pairs alike (jointphot simulate --density,
+    the benchmark's fields); the truth header records it."""
+    paths = simulate_field(str(tmp_path), size_arcsec=30.0, density=120.0)
+    with fits.open(paths["truth"]) as hdul:
+        truth, header = hdul[1].data, hdul[1].header
+    assert len(truth) == 30 and (truth["pair_id"] > 0).sum() == 4     # 120 x 0.25 arcmin^2; 2 pairs
+    assert header["DENSITY"] == 120.0

@@ -21,6 +21,33 @@ MIN_CELL_COVERAGE = 0.3
 MODE_SKEW_LIMIT = 0.3
 
 
+def clipped_mean_median(values: np.ndarray, sigma: float = 3.0, maxiters: int = 10):
+    """(mean, median) of `values` sigma-clipped about the median, as astropy's
+    sigma_clipped_stats(values, sigma=sigma, maxiters=maxiters)[:2] gives them, to the bit; NaN for no
+    finite value.  The values are sorted once: the values kept by every pass so far are a range of them, whose
+    median is its middle (astropy partitions the kept values every pass, ~3x the time on a 2000 x 2000 tile)."""
+    kept = np.asarray(values, float).ravel()
+    kept = kept[np.isfinite(kept)]
+    if kept.size == 0:
+        return np.nan, np.nan
+    ordered = np.sort(kept)
+    i0, i1 = 0, ordered.size
+
+    def median():
+        mid = i0 + (i1 - i0) // 2
+        return ordered[mid] if (i1 - i0) % 2 else np.mean(ordered[mid - 1:mid + 1])
+
+    for _ in range(maxiters):
+        centre, std = median(), np.nanstd(kept)
+        lo, hi = centre - std * sigma, centre + std * sigma
+        size = kept.size
+        kept = kept[(kept >= lo) & (kept <= hi)]
+        i0, i1 = max(i0, int(np.searchsorted(ordered, lo, "left"))), min(i1, int(np.searchsorted(ordered, hi, "right")))
+        if kept.size == size:
+            break
+    return np.nanmean(kept), median()
+
+
 def sextractor_sky(values: np.ndarray) -> float:
     """SExtractor's background estimator of `values` [counts]: clipped at 3 sigma around the median
     until stable, then the mode 2.5 median - 1.5 mean, or the median when (mean - median) / sigma >
@@ -43,7 +70,7 @@ def mesh_background(resid: np.ndarray, invvar: np.ndarray, cell_pix: int) -> np.
     ny, nx = resid.shape
     my, mx = max(1, int(round(ny / cell_pix))), max(1, int(round(nx / cell_pix)))
     if my < 2 or mx < 2:
-        return np.full(resid.shape, float(sigma_clipped_stats(resid[good], sigma=3.0, maxiters=10)[1]))
+        return np.full(resid.shape, float(clipped_mean_median(resid[good])[1]))
     ye = np.linspace(0, ny, my + 1).astype(int)
     xe = np.linspace(0, nx, mx + 1).astype(int)
     cells = np.full((my, mx), np.nan)
@@ -52,7 +79,7 @@ def mesh_background(resid: np.ndarray, invvar: np.ndarray, cell_pix: int) -> np.
             sl = (slice(ye[j], ye[j + 1]), slice(xe[i], xe[i + 1]))
             g = good[sl]
             if g.mean() >= MIN_CELL_COVERAGE:
-                cells[j, i] = sigma_clipped_stats(resid[sl][g], sigma=3.0, maxiters=10)[1]
+                cells[j, i] = clipped_mean_median(resid[sl][g])[1]
     if np.isnan(cells).all():
         return np.zeros(resid.shape)
     # empty cells take the value of the nearest measured cell

@@ -451,10 +451,12 @@ def _mag_range(ctx, param, value):
 @click.option("--hr-gap", "hr_gap", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Width [arcsec] of a vertical strip where the HR image has no data (a chip gap); the LR images "
                    "cover it.")
+@click.option("--density", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Sources per arcmin^2 (unblended ones and pairs scaled alike) [default: ~292].")
 @click.option("--extra-bands", default="", help="Comma list of further LR bands to draw (g, z: other pixel scales, "
                                                "rotations, PSFs, footprints and colours); job.json lists them in lr_bands.")
 def simulate_command(outdir, seed, size_arcsec, galaxies, hr_noise, lr_noise, poisson, psf_light_fraction,
-                     star_fraction, star_mags, galaxy_mags, extra_bands, hr_gap):
+                     star_fraction, star_mags, galaxy_mags, extra_bands, hr_gap, density):
     """Simulate an HR + LR test field with GalSim, with truth catalogue, PSFs, offsets and job files."""
     try:
         from .simulate import EXTRA_BANDS, add_band, simulate_field
@@ -468,7 +470,7 @@ def simulate_command(outdir, seed, size_arcsec, galaxies, hr_noise, lr_noise, po
         raise JointphotError(f"--extra-bands: unknown band {unknown[0]!r} (known: {', '.join(EXTRA_BANDS)})")
     paths = simulate_field(outdir, seed=seed, size_arcsec=size_arcsec, galaxies=galaxies, hr_noise=hr_noise,
                            lr_noise=lr_noise, poisson=poisson, psf_light_fraction=psf_light_fraction,
-                           hr_gap_arcsec=hr_gap, **counts)
+                           hr_gap_arcsec=hr_gap, density=density, **counts)
     for band in bands:
         paths.update({f"{band}_{k}": v for k, v in add_band(outdir, band, seed=seed).items()})
     click.echo(f"simulated field written to {outdir} ({len(set(paths.values()))} files)")

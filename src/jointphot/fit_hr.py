@@ -30,13 +30,12 @@ from typing import List
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table, vstack
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import apcorr
-from .background import mesh_background
+from .background import clipped_mean_median, mesh_background
 from .conventions import FLAGS, SEXTRACTOR_FLAG_BITS, image_to_reference
 from .convolution import fftconvolve
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
@@ -70,7 +69,7 @@ def sky_level(image, invvar, source_mask) -> float:
     free = (invvar > 0) & ~source_mask
     if free.sum() < 50:
         return 0.0
-    mean, median, _ = sigma_clipped_stats(image[free], sigma=3.0, maxiters=10)
+    mean, median = clipped_mean_median(image[free])
     return float(2.5 * median - 1.5 * mean)        # SExtractor's mode estimate: robust to faint wings
 
 
@@ -186,12 +185,16 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         if job["hr_background_cell_arcsec"] > 0:
             background = mesh_background(resid, invvar, int(round(job["hr_background_cell_arcsec"] / scale)))
         else:
-            background = np.full(image.shape, sigma_clipped_stats(resid[invvar > 0], sigma=3.0, maxiters=10)[1])
+            background = np.full(image.shape, clipped_mean_median(resid[invvar > 0])[1])
         image = image - background
+        fitter.image = image                 # (the first pass's image is not kept: tile-sized arrays add up)
         sky += float(np.median(background[invvar > 0])) if (invvar > 0).any() else 0.0
+        resid -= background
+        del background
         # second detection pass: objects the first missed (inside a halo, merged into a segment)
-        extra, extra_seg, extra_starts = residual_detections(resid - background, image, invvar, fitted, psf, plan, directory,
+        extra, extra_seg, extra_starts = residual_detections(resid, image, invvar, fitted, psf, plan, directory,
                                                header, noise, start_number=int(numbers.max(initial=0)) + 1)
+        del resid
         n_residual = len(extra)
         new = set(range(len(fitted), len(fitted) + n_residual))
         if n_residual:
@@ -210,12 +213,12 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
             fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
                                  psf, engine, job, correlation)
             fitter.choices = choices
-        fitter.image = image
         fitter.use_previous([r.source if not r.failed else None for r in results] + [None] * n_residual)
         # every group refitted with its chosen models; groups that gained a residual detection choose again
         rechoose = [bool(new.intersection(g)) for g in groups]
         results = fitter.fit_all(fitted, groups, choose=rechoose)
-    near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix)
+    near_edge = _near_coverage_edge(invvar, header, plan, 2.0 * psf.fwhm_pix, [r.source.x for r in results],
+                                    [r.source.y for r in results])
     table = _hr_table(cat, results, wcs, header, plan, tile_id, near_edge)
     table["flags"][len(table) - n_residual:] |= FLAGS["HR_RESIDUAL_DETECTION"]
     model = engine.render(image.shape, psf, [row_source(r) for r in table if np.isfinite(r["hr_flux"])])
@@ -314,9 +317,22 @@ def _near_smoothed_maximum(image, invvar, psf, px, py):
     `image` convolved with the PSF (zero-weight pixels set to 0)."""
     smooth = fftconvolve(np.where(invvar > 0, image, 0.0), np.asarray(psf.image, float), mode="same")
     maxima = (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > 0)
-    if not maxima.any():
-        return np.zeros(len(px), bool)
-    return ndimage.distance_transform_edt(~maxima)[py, px] <= psf.fwhm_pix
+    return _distance_to(maxima, px, py, psf.fwhm_pix) <= psf.fwhm_pix
+
+
+def _distance_to(mask, xs, ys, reach):
+    """Distance [px] from each pixel (xs[i], ys[i]) [0-based, inside `mask`] to the nearest True pixel of
+    `mask`, inf where none is within `reach` [px]: ndimage.distance_transform_edt(~mask)[ys, xs] to the bit
+    up to `reach` (but for a `mask` without a True pixel, where the transform measures to a pixel outside the
+    array), without the transform of the whole tile (its time and memory)."""
+    r = int(np.ceil(reach))
+    out = np.full(len(xs), np.inf)
+    for i, (x, y) in enumerate(zip(np.asarray(xs, int), np.asarray(ys, int))):
+        y0, x0 = max(y - r, 0), max(x - r, 0)
+        yy, xx = np.nonzero(mask[y0:y + r + 1, x0:x + r + 1])
+        if yy.size:
+            out[i] = np.sqrt(float(np.min((yy + y0 - y) ** 2 + (xx + x0 - x) ** 2)))
+    return out
 
 
 HRResult = collections.namedtuple(
@@ -567,8 +583,9 @@ def _moved(src: Source, x: float, y: float) -> Source:
     return src.copy(x=src.x + x, y=src.y + y)
 
 
-def _near_coverage_edge(invvar, header, plan, distance_pix):
-    """Boolean map: pixels within `distance_pix` of a no-data pixel or of the large image's border."""
+def _near_coverage_edge(invvar, header, plan, distance_pix, xs, ys):
+    """Bool per position (xs[i], ys[i]) [px]: its pixel lies within `distance_pix` of a no-data pixel or of
+    the large image's border."""
     ny, nx = invvar.shape
     lny, lnx = plan["hr"]["shape"]
     x0, y0 = header["JP_X0"], header["JP_Y0"]
@@ -583,7 +600,9 @@ def _near_coverage_edge(invvar, header, plan, distance_pix):
         cov[:, -1] = False
     if y0 + ny == lny:
         cov[-1, :] = False
-    return ndimage.distance_transform_edt(cov)[1:-1, 1:-1] < distance_pix
+    ix = np.clip(np.floor(np.asarray(xs, float) + 0.5), 0, nx - 1).astype(int)
+    iy = np.clip(np.floor(np.asarray(ys, float) + 0.5), 0, ny - 1).astype(int)
+    return _distance_to(~cov, ix + 1, iy + 1, distance_pix) < distance_pix
 
 
 def _padded_cov(cov):
@@ -597,13 +616,12 @@ def _padded_cov(cov):
 
 
 def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
-    """Table of the HR fit (one row per detection) with units."""
+    """Table of the HR fit (one row per detection) with units; near_edge: bool per row (HR_EDGE)."""
     job = plan["job"]
     x_off, y_off = header["JP_X0"], header["JP_Y0"]
     n = len(results)
     flags = np.zeros(n, np.int32)
     for i, (row, res) in enumerate(zip(cat, results)):
-        src = res.source
         if res.failed:
             flags[i] |= FLAGS["HR_FIT_FAILED"]
         elif not res.converged:
@@ -614,9 +632,7 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
             flags[i] |= FLAGS["SPURIOUS"]
         if int(row["FLAGS"]) & SEXTRACTOR_FLAG_BITS:
             flags[i] |= FLAGS["SEXTRACTOR_FLAGGED"]
-        iy = int(np.clip(np.floor(src.y + 0.5), 0, near_edge.shape[0] - 1))
-        ix = int(np.clip(np.floor(src.x + 0.5), 0, near_edge.shape[1] - 1))
-        if near_edge[iy, ix]:
+        if near_edge[i]:
             flags[i] |= FLAGS["HR_EDGE"]
     srcs = [r.source for r in results]
     errs = [r.errors for r in results]

@@ -36,7 +36,7 @@ from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_at
 from .lr_residual import find_lr_only, fit_positions, lr_only_rows
 from .models import PSFRenderer, add_stamp, overlap_slices, shape_from_matrix, shape_matrix
 from .noise import mismatch_lag, residual_variance_factor, variance_factor, with_mismatch
-from .plan import band_plan, band_product, get_tile, tile_path, tile_psf
+from .plan import band_plan, band_product, tile_path, tile_psf
 
 #: Correlations of the LR noise are measured up to this lag [px], on pixels at least
 #: LR_NOISE_MASK_FWHM PSF FWHM + 2 px from any source.  Measured on 30" tiles of warped simulated
@@ -317,14 +317,15 @@ def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3, sky_pixels=No
     model = np.zeros(image.shape)
     if good.sum() < 50:
         return None, model, sky
+    design = engine.flux_design(invvar, psf, sources) if sources else None
     for _ in range(n_iter):
         if sources:
-            res = engine.solve_fluxes(image - sky, invvar, psf, sources)
-            model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
+            res = design.solve(image - sky)
+            model = design.model(np.nan_to_num(res.flux))
         sky = sextractor_sky((image - model)[good if sky_pixels is None else good & sky_pixels])
     if sources:
-        res = engine.solve_fluxes(image - sky, invvar, psf, sources)
-        model = engine.render(image.shape, psf, [s.copy(flux=f) for s, f in zip(sources, np.nan_to_num(res.flux))])
+        res = design.solve(image - sky)
+        model = design.model(np.nan_to_num(res.flux))
     return res, model, float(sky)
 
 

@@ -112,7 +112,7 @@ def _mixture_at_node(node: int) -> np.ndarray:
 
 def _grid_cell(n: float):
     """(lo, frac): n (clipped to SERSIC_N_RANGE) = (lo + frac) * N_GRID_STEP, 0 <= frac < 1."""
-    t = float(np.clip(n, *SERSIC_N_RANGE)) / N_GRID_STEP
+    t = _clipped_n(n) / N_GRID_STEP
     lo = int(np.floor(t + 1e-9))
     return lo, max(t - lo, 0.0)
 
@@ -177,7 +177,12 @@ def shape_covariance_derivatives(src: Source) -> np.ndarray:
 def source_index(src: Source) -> float:
     """Sersic index of a galaxy source (fixed for exp/dev), clipped to SERSIC_N_RANGE."""
     fixed = FIXED_SERSIC_N.get(src.kind)
-    return float(np.clip(src.n if fixed is None else fixed, *SERSIC_N_RANGE))
+    return _clipped_n(src.n if fixed is None else fixed)
+
+
+def _clipped_n(n: float) -> float:
+    """n clipped to SERSIC_N_RANGE (a scalar: np.clip's overhead is most of the cost of a render's set-up)."""
+    return float(min(max(n, SERSIC_N_RANGE[0]), SERSIC_N_RANGE[1]))
 
 
 def source_components(src: Source):
@@ -219,6 +224,7 @@ class PSFRenderer:
         #: light of the PSF stamp (its light fraction; 1 for a unit-sum PSF): the wide components' flux
         self.psf_sum = float(self._img.sum())
         self._dft_cache = {}
+        self._last_phase = None, None
 
     def _psf_dft(self, size: int) -> np.ndarray:
         """rfft2 of the PSF embedded in a size x size array with its centre at pixel (0, 0)."""
@@ -236,6 +242,16 @@ class PSFRenderer:
             dft = np.fft.rfft2(pad)
             self._dft_cache[size] = dft
         return dft
+
+    def _shifted_psf_dft(self, nfft: int, half: int, dx: float, dy: float) -> np.ndarray:
+        """_psf_dft(nfft) shifted by (half + dx, half + dy) pixels (the last one is kept: a comp's disc and
+        bulge share it).  The shift is separable: a row phase times a column phase."""
+        key = (nfft, half, dx, dy)
+        if self._last_phase[0] != key:
+            kx, ky = _freq_grids(nfft)[:2]
+            self._last_phase = key, (self._psf_dft(nfft) * np.exp(-2j * np.pi * kx * (half + dx))
+                                     * np.exp(-2j * np.pi * ky * (half + dy)))
+        return self._last_phase[1]
 
     def stamp_half_size(self, src: Source, reach: float = np.inf) -> int:
         """Half-size (pixels) of the stamp on which `src` is drawn; at most `reach` + the PSF half-size
@@ -264,8 +280,7 @@ class PSFRenderer:
         d_amps = sersic_mixture_slope(source_index(src))[comps] if (with_gradient and sersic) else None
         size = 2 * half + 1
         narrow = np.sqrt(s2 * max(cshape[0, 0], cshape[1, 1])) <= half / 4.0
-        stamp = np.zeros((size, size))
-        grads = [np.zeros((size, size)) for _ in range(2 + len(d_c) + sersic)] if with_gradient else []
+        n_out = 1 + (2 + len(d_c) + sersic if with_gradient else 0)
         if narrow.any():
             nfft = _fast_size(size + self.psf_half + 2)
             kx, ky, kx2, ky2, kxy = _freq_grids(nfft)
@@ -283,29 +298,27 @@ class PSFRenderer:
                 ft = np.interp(t, _T_GRID, tables[0])
             else:
                 ft = 1.0
-            # the shift to the stamp centre is separable: a row phase times a column phase
-            phase = (self._psf_dft(nfft) * np.exp(-2j * np.pi * kx * (half + dx))
-                     * np.exp(-2j * np.pi * ky * (half + dy)))
-            full = ft * phase
-
-            def inverse(spectrum):
-                return np.fft.irfft2(spectrum, s=(nfft, nfft))[:size, :size]
-
-            stamp += inverse(full)
+            phase = self._shifted_psf_dft(nfft, half, dx, dy)
+            spectra = np.empty((n_out,) + phase.shape, complex)
+            spectra[0] = ft * phase
             if with_gradient:
-                grads[0] += inverse(full * (-2j * np.pi * kx))
-                grads[1] += inverse(full * (-2j * np.pi * ky))
+                np.multiply(spectra[0], -2j * np.pi * kx, out=spectra[1])
+                np.multiply(spectra[0], -2j * np.pi * ky, out=spectra[2])
                 if galaxy:
                     # d ft = sum_k a_k (-s_k^2) exp(-s_k^2 t^2) d(t^2), t^2 = 2 pi^2 k^T C k
                     slope = np.interp(t, _T_GRID, tables[1])
                     for j, dc in enumerate(d_c):
-                        grads[2 + j] += inverse(slope * -quadratic(dc) * phase)
+                        spectra[3 + j] = slope * -quadratic(dc) * phase
                 if sersic:
-                    grads[-1] += inverse(np.interp(t, _T_GRID, tables[2]) * phase)
+                    spectra[-1] = np.interp(t, _T_GRID, tables[2]) * phase
+            out = _inverse_stamps(spectra, nfft, size)
+        else:
+            out = np.zeros((n_out, size, size))
+        stamp, grads = out[0], list(out[1:])
         if (~narrow).any():
-            yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-            xx = xx - dx
-            yy = yy - dy
+            # pixel offsets as a row and a column: the terms of one axis are computed once per component
+            xx = (np.arange(-half, half + 1) - dx)[None, :]
+            yy = (np.arange(-half, half + 1) - dy)[:, None]
             wide = ~narrow
             # all wide components at once: covariances s_k^2 C + P, inverted in closed form
             cov = s2[wide, None, None] * cshape + self.psf_cov
@@ -321,8 +334,9 @@ class PSFRenderer:
                 grads[0] += (g * wx).sum(axis=0)
                 grads[1] += (g * wy).sum(axis=0)
                 # d N / d Sigma : dSigma = N/2 (w^T dSigma w - tr(Sigma^-1 dSigma)), dSigma = s^2 dC
+                wx2, wy2 = wx ** 2, wy ** 2
                 for j, dc in enumerate(d_c):
-                    quad_w = dc[0, 0] * wx ** 2 + 2 * dc[0, 1] * wx * wy + dc[1, 1] * wy ** 2
+                    quad_w = dc[0, 0] * wx2 + 2 * dc[0, 1] * wx * wy + dc[1, 1] * wy2
                     trace = i00 * dc[0, 0] + 2 * i01 * dc[0, 1] + i11 * dc[1, 1]
                     grads[2 + j] += (g * (0.5 * s2[wide][:, None, None]) * (quad_w - trace)).sum(axis=0)
                 if sersic:
@@ -345,12 +359,18 @@ class PSFRenderer:
         return stamp, grads, disc[2], disc[3]
 
 
+def _inverse_stamps(spectra: np.ndarray, nfft: int, size: int) -> np.ndarray:
+    """The first size x size pixels of the inverse rfft2 (nfft x nfft) of each of `spectra` (k, nfft, nfft // 2 + 1):
+    irfft2(spectrum, s=(nfft, nfft))[:size, :size] to the bit, its second pass run on the kept rows only."""
+    return np.fft.irfft(np.fft.ifft(spectra, axis=-2)[..., :size, :], n=nfft, axis=-1)[..., :size]
+
+
 @functools.lru_cache(maxsize=64)
 def _freq_grids(nfft: int):
-    """rfft2 frequency grids (cycles/pixel): kx (1, m), ky (n, 1), kx^2, ky^2, kx*ky (n, m)."""
+    """rfft2 frequency grids (cycles/pixel): kx, kx^2 (1, m); ky, ky^2 (n, 1); kx*ky (n, m)."""
     ky = np.fft.fftfreq(nfft)[:, None]
     kx = np.fft.rfftfreq(nfft)[None, :]
-    return kx, ky, np.broadcast_to(kx ** 2, (nfft, kx.size)).copy(), np.broadcast_to(ky ** 2, (nfft, kx.size)).copy(), kx * ky
+    return kx, ky, kx ** 2, ky ** 2, kx * ky
 
 
 #: The mixture's Fourier transform is tabulated at t = 0 and on this log grid of t (see _mixture_tables).

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
 from scipy import fft, ndimage
 
+from .background import clipped_mean_median
 from .convolution import fftconvolve
 from .errors import JointphotError
 
@@ -204,10 +204,11 @@ def noise_model_from_hdu(hdu) -> NoiseModel:
 def _sky(image, good, box):
     """Sky [counts]: mean of the `good` pixels in a running box of `box` px, or their clipped median."""
     if box is None:
-        return float(sigma_clipped_stats(image[good], sigma=3.0, maxiters=10)[1])
+        return float(clipped_mean_median(image[good])[1])
     weight = ndimage.uniform_filter(good.astype(float), box, mode="constant")
     total = ndimage.uniform_filter(np.where(good, image, 0.0), box, mode="constant")
-    return total / np.maximum(weight, 1e-12)
+    total /= np.maximum(weight, 1e-12, out=weight)       # in place: tile-sized arrays add up
+    return total
 
 
 def _autocorrelation(values, shape, max_lag):

@@ -43,6 +43,8 @@ GALAXY_MAGS = (20.5, 26.5)   # HR AB magnitudes of the galaxies, uniform
 MAIN_DENSITY = 0.075     # unblended sources per arcsec^2, kept >= MIN_SEPARATION apart
 MIN_SEPARATION = 2.5     # arcsec
 PAIR_DENSITY = 0.006     # deliberate blends (pairs 0.3-1" apart) per arcsec^2
+#: Sources per arcmin^2 of the default field (MAIN_DENSITY + PAIR_DENSITY counting a pair's companion).
+DEFAULT_DENSITY = 3600.0 * (MAIN_DENSITY + PAIR_DENSITY)
 FLUX_LOSS = 3e-4         # Sersic light allowed outside a stamp (the PSF pad keeps the total < 1e-3)
 GALAXY_MODELS = ("sersic", "truncated", "composite")
 HR_NOISE_MODELS = ("white", "cosmos")
@@ -60,7 +62,7 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
                    lr_rotation_deg=1.0, hr_fwhm_arcsec=0.10, lr_fwhm_arcsec=0.6, lr_moffat_beta=3.0,
                    hr_depth_mag=27.5, lr_depth_mag=25.7, galaxies="truncated", hr_noise="white", lr_noise="white",
                    poisson=False, psf_light_fraction=(1.0, 1.0), star_fraction=STAR_FRACTION, star_mags=STAR_MAGS,
-                   galaxy_mags=GALAXY_MAGS, hr_gap_arcsec=0.0):
+                   galaxy_mags=GALAXY_MAGS, hr_gap_arcsec=0.0, density=None):
     """Simulate a square HR field of `size_arcsec` (arcsec) and its LR counterpart into `outdir`.
 
     hr/lr_offset_mas: astrometric offset (dRA cos dec, dDec) of each image, image - reference, mas.
@@ -81,6 +83,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
     hr_gap_arcsec: width of a vertical strip (centred at HR_GAP_CENTRE of the field) where the HR image
     has no data (image 0, weight 0), like a chip gap; the LR images cover it.  Truth: in_hr_gap, and
     hr_snr 0 there.
+    density: sources per arcmin^2 (None: DEFAULT_DENSITY, ~292); the unblended sources and the pairs are
+    scaled alike (the unblended ones stay MIN_SEPARATION apart, which caps the density near 1300).
     Returns {name: path} of the files written (hr, hr_wht, lr, psf files, astrometry files,
     truth, job, job_seed).
     """
@@ -96,6 +100,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
         raise JointphotError(f"simulate: psf_light_fraction must be in (0, 1], got {psf_light_fraction}")
     if not 0.0 <= star_fraction <= 1.0:
         raise JointphotError(f"simulate: star_fraction must be in [0, 1], got {star_fraction}")
+    if density is not None and not density > 0:
+        raise JointphotError(f"simulate: density must be > 0, got {density}")
     os.makedirs(outdir, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = {name: os.path.join(outdir, fname) for name, fname in (
@@ -133,7 +139,7 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
 
     # --- sources ---------------------------------------------------------------------------
     src = _make_sources(rng, size_arcsec, star_fraction=star_fraction, star_mags=star_mags,
-                        galaxy_mags=galaxy_mags, galaxies=galaxies)
+                        galaxy_mags=galaxy_mags, galaxies=galaxies, density=density)
     nsrc = len(src["x_arcsec"])
     ra_img, dec_img = hr_wcs.wcs_pix2world(src["x_arcsec"] / HR_SCALE, src["y_arcsec"] / HR_SCALE, 0)
     ra, dec = conventions.image_to_reference(ra_img, dec_img, hr_offset_mas)
@@ -249,6 +255,8 @@ def simulate_field(outdir, *, seed=1, size_arcsec=60.0, hr_offset_mas=(12.0, -8.
             "LR_SIG": (lr_sigma, "[count] LR pixel noise sigma"),
             "LR_ROT": (lr_rotation_deg, "[deg] rotation of the LR pixel grid"),
             "ISO_RAD": (ISOLATION_RADIUS, "[arcsec] isolation radius of column isolated")}
+    if density is not None:
+        meta["DENSITY"] = (density, "[arcmin^-2] sources asked for (jointphot simulate --density)")
     if hr_gap_arcsec > 0:
         meta["HR_GAP"] = (hr_gap_arcsec, "[arcsec] width of the HR no-data strip (column in_hr_gap)")
         meta["HR_GAPX"] = (HR_GAP_CENTRE * size_arcsec, "[arcsec] x of its centre from the field's left edge")
@@ -433,11 +441,12 @@ def _cut(image, scale, radius):
 
 
 def _make_sources(rng, size, *, star_fraction=STAR_FRACTION, star_mags=STAR_MAGS, galaxy_mags=GALAXY_MAGS,
-                  galaxies="sersic"):
+                  galaxies="sersic", density=None):
     """Positions (arcsec from the HR pixel-(0,0) centre), kinds, magnitudes, fluxes (counts) and shapes:
-    {truth column name: array}."""
+    {truth column name: array}; density [per arcmin^2] None: DEFAULT_DENSITY."""
     lo, hi = 0.3, size - 0.3
-    n_main = int(round(MAIN_DENSITY * size * size))
+    scale = 1.0 if density is None else density / DEFAULT_DENSITY
+    n_main = int(round(scale * MAIN_DENSITY * size * size))
     pts = np.empty((0, 2))
     for _ in range(200 * n_main):
         if len(pts) == n_main:
@@ -446,7 +455,7 @@ def _make_sources(rng, size, *, star_fraction=STAR_FRACTION, star_mags=STAR_MAGS
         if len(pts) == 0 or np.min(np.hypot(*(pts - p).T)) >= MIN_SEPARATION:
             pts = np.vstack([pts, p])
     pair_id = np.zeros(len(pts), dtype=np.int32)
-    n_pairs = int(round(PAIR_DENSITY * size * size))
+    n_pairs = int(round(scale * PAIR_DENSITY * size * size))
     inner = np.flatnonzero(np.all((pts > 1.5) & (pts < size - 1.5), axis=1))
     companions = []
     for k, i in enumerate(rng.choice(inner, size=min(n_pairs, len(inner)), replace=False), start=1):

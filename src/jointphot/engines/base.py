@@ -172,6 +172,21 @@ class FluxFit:
         return np.sqrt(np.clip(np.diag(self.covariance), 0, None))
 
 
+class FluxDesign:
+    """Forced photometry of fixed `sources` on the pixels of one image (its inverse variance and PSF):
+    solve(image) is Engine.solve_fluxes on `image`, model(fluxes) the model image [counts] of the sources with
+    those fluxes.  An engine may compute once what does not depend on the image (Engine.flux_design)."""
+
+    def __init__(self, engine: "Engine", invvar: np.ndarray, psf: PSF, sources: Sequence[Source]):
+        self.engine, self.invvar, self.psf, self.sources = engine, invvar, psf, list(sources)
+
+    def solve(self, image: np.ndarray) -> FluxFit:
+        return self.engine.solve_fluxes(image, self.invvar, self.psf, self.sources)
+
+    def model(self, fluxes: Sequence[float]) -> np.ndarray:
+        return self.engine.render(self.invvar.shape, self.psf, [s.copy(flux=f) for s, f in zip(self.sources, fluxes)])
+
+
 class Engine(abc.ABC):
     """A fitting engine.  Implementations: engines.native.NativeEngine, engines.tractor_engine."""
 
@@ -204,3 +219,7 @@ class Engine(abc.ABC):
     def solve_fluxes(self, image: np.ndarray, invvar: np.ndarray, psf: PSF,
                      sources: Sequence[Source]) -> FluxFit:
         """Solve jointly for the fluxes of `sources`, all other parameters frozen."""
+
+    def flux_design(self, invvar: np.ndarray, psf: PSF, sources: Sequence[Source]) -> FluxDesign:
+        """solve_fluxes and render for several images with the same invvar, psf and sources."""
+        return FluxDesign(self, invvar, psf, sources)

@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..models import PSFRenderer, add_stamp, overlap_slices, render_sources
 from .base import (AB_RANGE, FRACDEV_RANGE, LN_RE_RATIO_RANGE, MIN_MODEL_ON_DATA, RE_RANGE, SERSIC_N_RANGE, Engine,
-                   FluxFit, GroupFit, PSF, Source, from_standard, to_standard)
+                   FluxDesign, FluxFit, GroupFit, PSF, Source, from_standard, to_standard)
 
 E_MAX = (1 - AB_RANGE[0]) / (1 + AB_RANGE[0])
 
@@ -143,9 +143,10 @@ class NativeEngine(Engine):
                 rows = good_index[sl_img]
                 use = rows >= 0
                 rows = rows[use]
-                derivs = [src.flux * grads[0], src.flux * grads[1], st] + [src.flux * g for g in grads[2:]]
-                for j, d in enumerate(derivs):
-                    jac[rows, offsets[i] + j] = d[sl_st][use] * weight[rows]
+                # d model / d (x, y, flux, shape...): the source's columns of the Jacobian at once
+                derivs = np.stack([grads[0], grads[1], st, *grads[2:]])[(slice(None),) + sl_st][:, use]
+                derivs[[0, 1, *range(3, len(derivs))]] *= src.flux
+                jac[rows, offsets[i]:offsets[i + 1]] = (derivs * weight[rows]).T
             resid = (data - model[good]) * weight
             return resid, jac, model
 
@@ -213,51 +214,76 @@ class NativeEngine(Engine):
 
     # --- linear flux solve -----------------------------------------------------------------
     def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:
+        return self.flux_design(invvar, psf, sources).solve(image)
+
+    def flux_design(self, invvar, psf, sources) -> "NativeFluxDesign":
+        return NativeFluxDesign(self, invvar, psf, sources)
+
+
+class NativeFluxDesign(FluxDesign):
+    """The native FluxDesign: the sources' unit stamps, the normal matrix and its inverse are computed once."""
+
+    def __init__(self, engine, invvar, psf, sources):
+        super().__init__(engine, invvar, psf, sources)
         renderer = PSFRenderer(psf)
-        n = len(sources)
+        n = len(self.sources)
         good = invvar > 0
-        stamps = []
-        masked_frac = np.ones(n)
-        for i, src in enumerate(sources):
+        #: per source: (unit stamp, x0, y0) on its whole stamp, and (image slices, stamp part) on the image or None
+        self.stamps, self.parts = [], []
+        self.masked_frac = np.ones(n)
+        for i, src in enumerate(self.sources):
             st, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
-            sl_img, sl_st = overlap_slices(image.shape, st.shape, x0, y0)
+            self.stamps.append((st, x0, y0))
+            sl_img, sl_st = overlap_slices(invvar.shape, st.shape, x0, y0)
             if sl_img is None:
-                stamps.append(None)
+                self.parts.append(None)
                 continue
             part = st[sl_st]
             total = st.sum()
-            masked_frac[i] = 1.0 - (part * good[sl_img]).sum() / total if total > 0 else 1.0
-            stamps.append((sl_img, part))
+            self.masked_frac[i] = 1.0 - (part * good[sl_img]).sum() / total if total > 0 else 1.0
+            self.parts.append((sl_img, part))
         # normal equations from overlapping stamps only
         ata = np.zeros((n, n))
-        atb = np.zeros(n)
         for i in range(n):
-            if stamps[i] is None:
+            if self.parts[i] is None:
                 continue
-            sl_i, p_i = stamps[i]
-            w_i = invvar[sl_i] * p_i
-            atb[i] = (w_i * image[sl_i]).sum()
+            sl_i, p_i = self.parts[i]
             for j in range(i, n):
-                if stamps[j] is None:
+                if self.parts[j] is None:
                     continue
-                inter = _intersect(sl_i, stamps[j][0])
+                inter = _intersect(sl_i, self.parts[j][0])
                 if inter is None:
                     continue
                 a = _sub(p_i, sl_i, inter) * invvar[inter]
-                ata[i, j] = ata[j, i] = (a * _sub(stamps[j][1], stamps[j][0], inter)).sum()
-        valid = (np.diag(ata) > 0) & (1.0 - masked_frac > MIN_MODEL_ON_DATA)
+                ata[i, j] = ata[j, i] = (a * _sub(self.parts[j][1], self.parts[j][0], inter)).sum()
+        self.valid = (np.diag(ata) > 0) & (1.0 - self.masked_frac > MIN_MODEL_ON_DATA)
+        self.idx = np.flatnonzero(self.valid)
+        self.cov = np.full((n, n), np.nan)
+        if self.idx.size:
+            self.cov[np.ix_(self.idx, self.idx)] = _inverse(ata[np.ix_(self.idx, self.idx)])
+
+    def solve(self, image) -> FluxFit:
+        n = len(self.sources)
+        invvar = self.invvar
+        good = invvar > 0
+        atb = np.zeros(n)
+        for i, part in enumerate(self.parts):
+            if part is not None:
+                sl_i, p_i = part
+                atb[i] = (invvar[sl_i] * p_i * image[sl_i]).sum()
         flux = np.full(n, np.nan)
-        cov = np.full((n, n), np.nan)
-        idx = np.flatnonzero(valid)
-        if idx.size:
-            sub_cov = _inverse(ata[np.ix_(idx, idx)])
-            flux[idx] = sub_cov @ atb[idx]
-            cov[np.ix_(idx, idx)] = sub_cov
-        fitted = [s.copy(flux=f if np.isfinite(f) else 0.0) for s, f in zip(sources, flux)]
-        model = render_sources(image.shape, renderer, fitted)
+        if self.idx.size:
+            flux[self.idx] = self.cov[np.ix_(self.idx, self.idx)] @ atb[self.idx]
+        model = self.model(np.where(np.isfinite(flux), flux, 0.0))
         chi2 = float((invvar[good] * (image[good] - model[good]) ** 2).sum())
-        return FluxFit(flux, cov, chi2, int(good.sum()) - int(valid.sum()), valid & np.isfinite(flux),
-                       masked_frac)
+        return FluxFit(flux, self.cov.copy(), chi2, int(good.sum()) - int(self.valid.sum()),
+                       self.valid & np.isfinite(flux), self.masked_frac.copy())
+
+    def model(self, fluxes) -> np.ndarray:
+        model = np.zeros(self.invvar.shape)
+        for (st, x0, y0), f in zip(self.stamps, fluxes):
+            add_stamp(model, st, x0, y0, f)
+        return model
 
 
 def _named_errors(src0: Source, v: np.ndarray, e: np.ndarray) -> dict:
