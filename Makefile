@@ -14,11 +14,12 @@ example: data
 	cd test-data/generated && $(PYTHON) -m jointphot.cli run job.json --tiles all --jobs $(JOBS) \
 	    -o $(CURDIR)/example-output/catalog.fits
 
+# one pytest worker per core, each running whole modules or test classes (their fixtures are made once)
 test: data
-	$(PYTHON) -m pytest -q --durations=15 tests
+	$(PYTHON) -m pytest -q --durations=15 -n $(JOBS) --dist loadscope tests
 
 benchmark: data
-	$(PYTHON) scripts/benchmark
+	$(PYTHON) scripts/benchmark --density 120 --density 250
 
 # Real data (issue 12): the HFF test set, both tilings run, the report of each (a few minutes per run).
 hff: setup

@@ -12,11 +12,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENERATED = os.path.join(REPO, "test-data", "generated")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from testlock import exclusive  # noqa: E402
+
+#: Modules that take minutes, collected first: `make test`'s two workers (pytest-xdist, --dist loadscope) take
+#: whole modules (or test classes) in collection order, and a long one started last would end the run alone.
+SLOW_MODULES = ("test_statistics.py", "test_bands.py", "test_nextflow.py", "test_slurm.py", "test_containers.py",
+                "test_lr_only.py", "test_real_data.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
+    items.sort(key=rank)
+
 
 def ensure_field() -> str:
     """test-data/generated: the 60" field of `jointphot simulate` (seed 1), made if missing."""
-    if not os.path.exists(os.path.join(GENERATED, "truth.fits")):
-        subprocess.run([sys.executable, "-m", "jointphot.cli", "simulate", GENERATED], check=True)
+    with exclusive("field"):
+        if not os.path.exists(os.path.join(GENERATED, "truth.fits")):
+            subprocess.run([sys.executable, "-m", "jointphot.cli", "simulate", GENERATED], check=True)
     return GENERATED
 
 

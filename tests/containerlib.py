@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from testlock import exclusive
+
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_DATA = REPO / "test-data" / "generated"
@@ -73,7 +75,8 @@ def build_image():
     """containers/build --no-tractor (installs buildah/podman when missing); returns (tag, env, seconds)."""
     opts = os.environ.get("JOINTPHOT_BUILD_OPTS", "").split()
     try:
-        proc = run([REPO / "containers" / "build", "--no-tractor", *opts], timeout=1800)
+        with exclusive("image"):
+            proc = run([REPO / "containers" / "build", "--no-tractor", *opts], timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
         unavailable(f"containers/build did not run: {exc}")
     if proc.returncode != 0:
@@ -90,7 +93,8 @@ def build_image():
 
 def get_nextflow():
     try:
-        out = subprocess.run([str(REPO / "scripts" / "get-nextflow")], capture_output=True, text=True, timeout=1200)
+        with exclusive("nextflow"):
+            out = subprocess.run([str(REPO / "scripts" / "get-nextflow")], capture_output=True, text=True, timeout=1200)
     except (OSError, subprocess.TimeoutExpired) as exc:
         unavailable(f"scripts/get-nextflow did not run: {exc}")
     if out.returncode != 0 or not out.stdout.strip():
@@ -100,12 +104,13 @@ def get_nextflow():
 
 
 def get_test_data():
-    if not (TEST_DATA / "truth.fits").exists() or not (TEST_DATA / "job.json").exists():
-        exe = shutil.which("jointphot")
-        if exe is None:
-            unavailable("jointphot is not installed on the host (pip install -e .) to simulate the test field")
-        proc = run([exe, "simulate", TEST_DATA], timeout=600)
-        assert proc.returncode == 0, show(proc)
+    with exclusive("field"):
+        if not (TEST_DATA / "truth.fits").exists() or not (TEST_DATA / "job.json").exists():
+            exe = shutil.which("jointphot")
+            if exe is None:
+                unavailable("jointphot is not installed on the host (pip install -e .) to simulate the test field")
+            proc = run([exe, "simulate", TEST_DATA], timeout=600)
+            assert proc.returncode == 0, show(proc)
     return TEST_DATA
 
 
