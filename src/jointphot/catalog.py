@@ -83,7 +83,8 @@ COLUMNS = {
     "{band}_flux_err_fixed": ("count", "LR flux error with the HR shapes fixed (joint fit of the tile, full covariance, "
                                         "measured noise correlation): the error of colours between LR bands, which "
                                         "share the HR shapes (SED fitting)"),
-    "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order)"),
+    "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order); LR_ONLY "
+                                        "rows: from their own position/shape fitted in this band"),
     "{band}_hr_flux_cov": ("count2", "covariance of {band}_flux with hr_flux through the HR shape (first order; LR x HR "
                                      "counts): var(lr/hr) = (err_lr^2 - 2 (lr/hr) cov + (lr/hr)^2 err_hr^2) / hr^2"),
     "{band}_flags": ("", "the band's own flags (LR_MASKED, LR_OFF_IMAGE, LR_BLENDED; also in flags)"),

@@ -197,8 +197,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine, sky_pixels=sky_region)
     # LR-only sources: the residual's significant peaks that no HR source explains
     lr_only = find_lr_only(image - sky - model, invvar, model, psf, correlation, [(s.x, s.y) for s in sources])
+    lr_only_shape_var = np.zeros(0)
     if lr_only:
-        lr_only = fit_positions(image - sky - model, invvar, psf, engine, correlation, lr_only)
+        lr_only, lr_only_shape_var = fit_positions(image - sky - model, invvar, psf, engine, correlation, lr_only)
         res, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine, sky_pixels=sky_region)
     image = image - sky
     hr_table = vstack([hr_table, lr_only_rows(hr_table, lr_only, lr_wcs, hr_wcs, hr_header, plan, tile_id)])
@@ -221,11 +222,11 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
         chi2_dof = res.chi2 / max(res.ndof, 1)
         renderer = PSFRenderer(psf)
         # the forced fit's error (shapes fixed: the colour error) under the measured noise correlation
-        factors = np.array([source_noise_factor(correlation, renderer, s, invvar) for s in sources])
+        noise_factors = np.array([source_noise_factor(correlation, renderer, s, invvar) for s in sources])
         # and, where the HR model does not describe the LR data (a colour gradient, clumps), with the
         # residual chi^2 under the source (noise.mismatch_factor)
         resid_factor[idx] = [source_residual_factor(renderer, s, image - model, invvar) for s in sources]
-        factors = np.array([with_mismatch(f, r) for f, r in zip(factors, resid_factor[idx])])
+        factors = np.array([with_mismatch(f, r) for f, r in zip(noise_factors, resid_factor[idx])])
         err_fixed[idx] = res.flux_err * np.sqrt(factors)
         # the HR shape/position uncertainty of each source, propagated to its LR flux
         covs = np.asarray(fitted["hr_param_cov"], float).reshape(-1, 7, 7)
@@ -234,7 +235,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
                                for s, c, f in zip(hr_sources, covs, res.flux)]).reshape(-1, 2)
         err_shape[idx[:n]] = np.sqrt(propagated[:, 0])
         hr_cov[idx[:n]] = propagated[:, 1]
-        err_shape[idx[n:]] = 0.0          # LR-only: no HR shape, no HR flux
+        # LR-only: no HR shape and no HR flux; their own position and shape, fitted on this band, under its noise
+        err_shape[idx[n:]] = np.sqrt(lr_only_shape_var * noise_factors[n:])
         err[idx] = np.hypot(err_fixed[idx], err_shape[idx])
     table = hr_table.copy()
     band_flags = np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)

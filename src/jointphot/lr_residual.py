@@ -83,14 +83,16 @@ def find_lr_only(residual, invvar, model, psf, correlation, known_xy) -> List[So
     return [Source("point", float(x), float(y), float(f)) for x, y, f in zip(xs[keep], ys[keep], flux[ys, xs][keep])]
 
 
-def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Source]) -> List[Source]:
+def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Source]):
     """Each LR-only source fitted on `residual` within LR_ONLY_BOX_FWHM PSF FWHM of its start (one at a
     time; the joint flux solve follows in fit_lr): a point source, or a round exponential (REX) where
-    that lowers chi^2 (divided by the noise's variance factor) by more than LR_ONLY_REX_DCHI2."""
+    that lowers chi^2 (divided by the noise's variance factor) by more than LR_ONLY_REX_DCHI2.  Returns
+    (the fitted sources, the variance [counts^2, for the pixel weights given] that their position and
+    shape uncertainty adds to their flux: shape_flux_variance of the fit's covariance)."""
     half = int(np.ceil(LR_ONLY_BOX_FWHM * psf.fwhm_pix)) + 2
     ny, nx = residual.shape
     factor = variance_factor(correlation, psf.image) if correlation.max_lag > 0 else 1.0
-    out = []
+    out, shape_var = [], []
     for src in sources:
         x0, y0 = max(int(round(src.x)) - half, 0), max(int(round(src.y)) - half, 0)
         x1, y1 = min(int(round(src.x)) + half + 1, nx), min(int(round(src.y)) + half + 1, ny)
@@ -105,8 +107,24 @@ def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Sour
                     (point.chi2 - rex.chi2) / factor > LR_ONLY_REX_DCHI2:
                 best = rex
         s = best.sources[0]
-        out.append(s.copy(x=s.x + x0, y=s.y + y0) if np.isfinite(s.flux) else src)
-    return out
+        fitted = np.isfinite(s.flux)
+        out.append(s.copy(x=s.x + x0, y=s.y + y0) if fitted else src)
+        shape_var.append(shape_flux_variance(best.covariances[0]) if fitted and best.covariances else 0.0)
+    return out, np.array(shape_var)
+
+
+def shape_flux_variance(cov) -> float:
+    """The part [counts^2] of the flux variance that comes from the other parameters' uncertainty: the
+    marginal variance cov[2, 2] (STANDARD_PARAMS order, flux third) minus the variance with them fixed,
+    1 / (cov^-1)[2, 2]; 0 where the covariance is not finite."""
+    cov = np.asarray(cov, float)
+    if cov.shape[0] < 3 or not np.all(np.isfinite(cov)):
+        return 0.0
+    try:
+        fixed = 1.0 / np.linalg.inv(cov)[2, 2]
+    except np.linalg.LinAlgError:
+        return 0.0
+    return float(max(cov[2, 2] - fixed, 0.0))
 
 
 def blank_rows(template: Table, m: int) -> Table:
