@@ -12,7 +12,10 @@ def fftconvolve(a, b, mode: str = "full") -> np.ndarray:
     a, b = np.asarray(a, float), np.asarray(b, float)
     full = [n + m - 1 for n, m in zip(a.shape, b.shape)]
     shape = [fft.next_fast_len(n, True) for n in full]
-    out = fft.irfftn(fft.rfftn(a, shape) * fft.rfftn(b, shape), shape)[tuple(slice(0, n) for n in full)]
+    spectrum = fft.rfftn(a, shape)
+    spectrum *= fft.rfftn(b, shape)        # in place: tile-sized spectra add up
+    out = fft.irfftn(spectrum, shape)[tuple(slice(0, n) for n in full)]
+    del spectrum
     if mode == "full":
         return out
     size = {"same": a.shape, "valid": [n - m + 1 for n, m in zip(a.shape, b.shape)]}[mode]

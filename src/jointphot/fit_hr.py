@@ -133,7 +133,8 @@ def with_every_segment(segmap, cat):
 
 
 def groups_from_segmap(segmap, numbers, dilate_pix):
-    """List of (label array of the group's source NUMBERs, bounding box) from touching segments."""
+    """Groups of touching segments (after dilation by `dilate_pix` [px]): a list of each group's indices
+    into `numbers` (the sources' NUMBERs)."""
     footprint = ndimage.binary_dilation(segmap > 0, iterations=max(1, int(round(dilate_pix))))
     labels, _ = ndimage.label(footprint)
     index = {int(n): i for i, n in enumerate(numbers)}
@@ -144,7 +145,7 @@ def groups_from_segmap(segmap, numbers, dilate_pix):
     for num in numbers:
         if int(num) in group_of and int(num) != 0:
             members.setdefault(group_of[int(num)], []).append(index[int(num)])
-    return list(members.values()), labels
+    return list(members.values())
 
 
 def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
@@ -160,6 +161,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
         segmap = with_every_segment(hdul["SEGMAP"].data.astype(np.int32), cat)
         noise = noise_model_from_hdu(hdul["NOISE_ACF"])
         sex_version = hdul["CATALOG"].header.get("JP_SEXV", "unknown")
+    del hdul                                 # its arrays: tile-sized arrays add up
     # the weights are rescaled to the blank sky's scatter below: errors need the correlation only
     correlation = dataclasses.replace(noise, scale=1.0)
     wcs = celestial_wcs(header, "hr cutout", f"tile {tile_id}")
@@ -171,7 +173,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     image = image - sky
     invvar = invvar * wfactor
     sources = start_sources(cat, psf, job, scale)
-    groups, _ = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
+    groups = groups_from_segmap(segmap, cat["NUMBER"], psf.fwhm_pix)
     numbers = np.asarray(cat["NUMBER"])
     re_max = segment_re_max(segmap, numbers, psf.fwhm_pix)
     fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job, correlation)
@@ -208,7 +210,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
             segmap = with_every_segment(segmap, cat)
             numbers = np.asarray(cat["NUMBER"])
             fitted = fitted + extra_starts
-            groups, _ = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
+            groups = groups_from_segmap(segmap, numbers, psf.fwhm_pix)
             choices = fitter.choices
             fitter = GroupFitter(image, invvar, segmap, numbers, segment_re_max(segmap, numbers, psf.fwhm_pix),
                                  psf, engine, job, correlation)
@@ -253,13 +255,14 @@ def residual_detections(resid, image, invvar, sources, psf, plan, directory, hea
     as in detect.detect_tile).  Kept: PSF matched-filter S/N (_residual_psf_fit, the error scaled
     by the correlation of `noise`) >= RESIDUAL_MIN_SNR, farther than RESIDUAL_MIN_SEPARATION_FWHM
     PSF FWHM from every fitted source in `sources`, and within one PSF FWHM of a local maximum of
-    the PSF-smoothed data `image` (_near_smoothed_maximum), so that a model's mismatch (rings,
+    the PSF-smoothed data `image` (_smoothed_maxima), so that a model's mismatch (rings,
     arms) is not taken for a new object.  Start models: point sources at the matched filter's
     peak with its flux (SExtractor's sizes of a detection on a halo's residual mean nothing)."""
     job = plan["job"]
     scale = plan["hr"]["pixel_scale_arcsec"]
     settings = detection_settings(scale, job["hr_zp"], psf.fwhm_pix * scale, job["sextractor_settings"])
     settings = noise_scaled_settings(settings, noise, detection_kernel(settings, job["sex_command"], job["sexinputdir"]))
+    maxima = _smoothed_maxima(image, invvar, psf)     # before SExtractor's arrays exist: tile-sized arrays add up
     cat, seg = run_sextractor(resid, out_dir=directory, settings=settings, sex_command=job["sex_command"],
                               weight=invvar, weight_type="MAP_WEIGHT", sexinputdir=job["sexinputdir"], header=header)
     if len(cat) == 0:
@@ -273,7 +276,7 @@ def residual_detections(resid, image, invvar, sources, psf, plan, directory, hea
     known = np.array([[s.x, s.y] for s in sources]) if sources else np.zeros((0, 2))
     far = (cKDTree(known).query(np.column_stack([px, py]))[0] > RESIDUAL_MIN_SEPARATION_FWHM * psf.fwhm_pix
            if len(known) else np.ones(len(cat), bool))
-    keep = (snr >= RESIDUAL_MIN_SNR) & far & _near_smoothed_maximum(image, invvar, psf, px, py)
+    keep = (snr >= RESIDUAL_MIN_SNR) & far & (_distance_to(maxima, px, py, psf.fwhm_pix) <= psf.fwhm_pix)
     starts = [Source("point", x, y, flux, re=RESIDUAL_START_RE) for (_, flux, x, y), k in zip(psf_fits, keep) if k]
     cat = cat[keep]
     renumber = np.zeros(int(seg.max()) + 1, np.int32)
@@ -312,12 +315,11 @@ def _residual_psf_fit(resid, invvar, psf, correlation, x, y):
     return snr_white / np.sqrt(variance_factor(correlation, *weights)), flux, xb, yb
 
 
-def _near_smoothed_maximum(image, invvar, psf, px, py):
-    """Bool per pixel (px[i], py[i]) [0-based]: within one PSF FWHM of a local maximum (3 x 3) of
-    `image` convolved with the PSF (zero-weight pixels set to 0)."""
+def _smoothed_maxima(image, invvar, psf):
+    """Bool map of the positive local maxima (3 x 3) of `image` convolved with the PSF (zero-weight
+    pixels set to 0)."""
     smooth = fftconvolve(np.where(invvar > 0, image, 0.0), np.asarray(psf.image, float), mode="same")
-    maxima = (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > 0)
-    return _distance_to(maxima, px, py, psf.fwhm_pix) <= psf.fwhm_pix
+    return (smooth == ndimage.maximum_filter(smooth, size=3)) & (smooth > 0)
 
 
 def _distance_to(mask, xs, ys, reach):

@@ -82,25 +82,28 @@ def measure_noise(image, invvar, source_mask, max_lag=8, background_box=64, clip
     (the number of pixel pairs at each lag), so holes and edges do not bias it.
     """
     image = np.asarray(image, float)
-    invvar = np.asarray(invvar, float)
-    if image.ndim != 2 or image.shape != invvar.shape or np.shape(source_mask) != image.shape:
-        raise JointphotError(f"noise measurement: image {image.shape}, invvar {invvar.shape} and source mask "
+    if image.ndim != 2 or image.shape != np.shape(invvar) or np.shape(source_mask) != image.shape:
+        raise JointphotError(f"noise measurement: image {image.shape}, invvar {np.shape(invvar)} and source mask "
                              f"{np.shape(source_mask)} must be 2-D arrays of one shape")
     max_lag = int(max_lag)
-    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0) & ~np.asarray(source_mask, bool)
+    good, sigma = _good_and_sigma(image, invvar, ~np.asarray(source_mask, bool))
     needed = MIN_PIXELS_PER_LAG * (2 * max_lag + 1) ** 2
     if good.sum() < needed:
         raise JointphotError(f"noise measurement: {int(good.sum())} source-free pixels, fewer than the {needed} "
                              f"needed for correlations up to {max_lag} px")
-    sigma = np.sqrt(np.where(good, invvar, 0.0))
     keep = good
     for _ in range(2):   # sky and scale from the blank pixels, then again without the clipped ones
-        z = (image - _sky(image, keep, background_box)) * sigma
-        scale = MAD_TO_SIGMA * float(np.median(np.abs(z[good])))
+        z = image - _sky(image, keep, background_box)
+        z *= sigma
+        values = np.abs(z[good])
+        scale = MAD_TO_SIGMA * float(np.median(values))
+        del values
         if scale == 0:
             raise JointphotError("noise measurement: the source-free pixels have no noise (all equal)")
         keep = good & (np.abs(z) < clip_sigma * scale)
-    z = np.where(keep, z / scale, 0.0)
+    del sigma
+    z /= scale
+    z[~keep] = 0.0
     shape = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
     pairs = _autocorrelation(keep.astype(float), shape, max_lag)
     acf = _autocorrelation(z, shape, max_lag) / np.maximum(pairs, 1.0)
@@ -114,20 +117,23 @@ def source_mask(image, invvar, kernel, nsigma=4.0, dilate_pix=10, background_box
     :func:`measure_noise`) and the sigma from the pixels left unmasked by the previous pass, so
     that faint wings and halos lift neither."""
     image = np.asarray(image, float)
-    invvar = np.asarray(invvar, float)
-    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0)
-    sigma = np.sqrt(np.where(good, invvar, 0.0))
+    good, sigma = _good_and_sigma(image, invvar)
     kernel = np.asarray(kernel, float) / np.sum(kernel)
     mask = np.zeros(image.shape, bool)
     for _ in range(niter):
         free = good & ~mask
         if not free.any():
             break
-        z = np.where(good, (image - _sky(image, free, background_box)) * sigma, 0.0)
+        z = _normalised(image, _sky(image, free, background_box), sigma, good)
         filtered = fftconvolve(z, kernel, mode="same")
-        centre = np.median(filtered[free])
-        level = MAD_TO_SIGMA * np.median(np.abs(filtered[free] - centre))
+        del z
+        values = filtered[free]
+        centre = np.median(values)
+        values -= centre
+        level = MAD_TO_SIGMA * np.median(np.abs(values, out=values))
+        del values
         mask = good & (filtered > centre + nsigma * level)
+        del filtered
         if dilate_pix > 0:
             mask = ndimage.binary_dilation(mask, iterations=int(dilate_pix))
     return mask
@@ -199,6 +205,26 @@ def noise_model_from_hdu(hdu) -> NoiseModel:
     if acf.ndim != 2 or acf.shape[0] != acf.shape[1] or acf.shape[0] % 2 == 0:
         raise JointphotError(f"{hdu.name}: noise ACF must be a square array of odd size, got {acf.shape}")
     return NoiseModel(float(hdu.header["JP_NSCAL"]), acf, int(hdu.header["JP_NPIX"]))
+
+
+def _good_and_sigma(image, invvar, usable=None):
+    """(good, sigma): pixels with a finite value and a positive finite inverse variance (and `usable`),
+    and sqrt(invvar) there, 0 elsewhere (float64; tile-sized temporaries freed as they go)."""
+    invvar = np.asarray(invvar)
+    good = np.isfinite(image) & np.isfinite(invvar) & (invvar > 0)
+    if usable is not None:
+        good &= usable
+    sigma = invvar.astype(float)
+    sigma[~good] = 0.0
+    return good, np.sqrt(sigma, out=sigma)
+
+
+def _normalised(image, sky, sigma, good):
+    """(image - sky) x sigma on the `good` pixels, 0 elsewhere, in one new array."""
+    z = image - sky
+    z *= sigma
+    z[~good] = 0.0
+    return z
 
 
 def _sky(image, good, box):
