@@ -19,7 +19,7 @@ test: data
 	$(PYTHON) -m pytest -q --durations=15 -n $(JOBS) --dist loadscope tests
 
 benchmark: data
-	$(PYTHON) scripts/benchmark --density 120 --density 250
+	$(PYTHON) scripts/benchmark --density 120 --density 250 --jobs-scaling
 
 # Real data (issue 12): the HFF test set, both tilings run, the report of each (a few minutes per run).
 hff: setup
