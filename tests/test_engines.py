@@ -136,6 +136,31 @@ def test_sersic_fluxes_are_unbiased_with_full_covariance_errors(engine):
     assert np.median(ratio_diag) > 1.5
 
 
+def test_flux_weights_are_the_linearised_flux_estimator(engine):
+    """GroupFit.flux_weights of two blended Sersic galaxies: sum(w_i x unit model_j) = delta_ij (each flux
+    estimate answers to its own flux only), sum(w_i x d model / d x_j) = 0 (nor to a position), and
+    sum(w_i^2 / invvar) = the error of flux i squared (the marginal error of the full covariance)."""
+    rng = np.random.default_rng(3)
+    sigma = 1.5
+    psf = PSF(image=gaussian_epsf(sigma), kind="fits")
+    shape = (50, 60)
+    truth = [Source("sersic", 24.3, 25.2, 900.0, re=3.0, ab=0.6, phi=20.0, n=2.5),
+             Source("sersic", 33.6, 24.1, 500.0, re=2.0, ab=0.8, phi=-40.0, n=1.2)]
+    image = truthcheck.galsim_image(shape, truth, psf_sigma=sigma) + rng.normal(0, 0.5, shape)
+    invvar = np.full(shape, 4.0)
+    fit = engine.fit_group(image, invvar, psf, [s.copy(n=2.0) for s in truth])
+    assert fit.flux_weights is not None and len(fit.flux_weights) == 2
+    units = [engine.render(shape, psf, [s.copy(flux=1.0)]) for s in fit.sources]
+    dx = [(engine.render(shape, psf, [s.copy(x=s.x + 1e-3)]) - engine.render(shape, psf, [s.copy(x=s.x - 1e-3)]))
+          / 2e-3 for s in fit.sources]
+    for i, w in enumerate(fit.flux_weights):
+        assert w.shape == shape
+        for j in range(2):
+            assert np.sum(w * units[j]) == pytest.approx(float(i == j), abs=1e-3)
+            assert abs(np.sum(w * dx[j])) < 1e-3 * np.sum(np.abs(w * dx[j]))
+        assert np.sqrt(np.sum(w ** 2 / invvar)) == pytest.approx(fit.errors[i]["flux"], rel=1e-3)
+
+
 def test_bulge_disc_renders_like_galsim(engine):
     """comp: an exponential disc plus a de Vaucouleurs bulge on one ellipse (fracdev, re_ratio)."""
     sigma = 1.8

@@ -171,3 +171,23 @@ def test_residual_variance_factor_makes_the_errors_of_a_wrong_model_honest(ampli
     nominal = 1.4826 * np.median(np.abs(np.array(chi_nominal) - np.median(chi_nominal)))
     scaled = 1.4826 * np.median(np.abs(np.array(chi_scaled) - np.median(chi_scaled)))
     assert nominal > 4.0 and 0.8 < scaled < 1.25, (nominal, scaled)
+
+
+
+
+def test_sum_of_the_correlation_survives_the_running_sky_box():
+    """A running 64 px sky box takes part of the correlated noise with it (the sum of rho up to lag 8 on ACS-like
+    noise 8 % low before the correction).  Against one constant sky on the same 1024 px fields of COSMOS noise
+    (the realisation's own sum varies by ~4 % between fields): the sum 1.5-2.6 % low on average (measured over
+    nine fields: 0.3-3.7 % each; the rest of the box's share, rho beyond a quarter of the box and the pixels near
+    its edge, is not corrected), within 3 % asserted over three; each lag within 0.01, the scale within 0.2 %."""
+    rng = np.random.default_rng(21)
+    ratios = []
+    for _ in range(3):
+        field = cosmos_noise(galsim, (1024, 1024), rng)
+        boxed, constant = (measure_noise(field, np.ones(field.shape), np.zeros(field.shape, bool), max_lag=K,
+                                         background_box=box) for box in (64, None))
+        ratios.append(boxed.acf.sum() / constant.acf.sum())
+        assert np.abs(boxed.acf - constant.acf).max() < 0.01
+        assert boxed.scale == pytest.approx(constant.scale, rel=0.002)
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.03)

@@ -426,16 +426,18 @@ class GroupFitter:
                              dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan, np.nan)
                     for s, i in zip(starts, members)]
         covs = fit.covariances or [None] * len(fit.sources)
+        flux_weights = fit.flux_weights or [None] * len(fit.sources)
         residual = img - self.engine.render(img.shape, self.psf, [s for s in fit.sources if np.isfinite(s.flux)])
         out = []
-        for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members):
+        for s, err, bound, cov, weights, i in zip(fit.sources, fit.errors, fit.at_bound, covs, flux_weights, members):
             choice = self.choices.get(i, NO_CHOICE)
             unit = self.engine.render(img.shape, self.psf, [s.copy(flux=1.0)]) if np.isfinite(s.flux) else None
-            # correlated noise: the errors scale with the variance factor of the source's flux weights;
-            # a model that does not describe the data (clumps, spiral arms): with its residual chi^2
+            # correlated noise: the errors scale with the variance factor of the source's flux weights (its
+            # shape marginalised); a model that does not describe the data (clumps, spiral arms): with its
+            # residual chi^2
             resid_factor = (residual_variance_factor(unit, residual, ivar, mismatch_lag(self.psf.fwhm_pix))
                             if unit is not None else np.nan)
-            factor = with_mismatch(self._noise_factor(img, ivar, s, unit), resid_factor)
+            factor = with_mismatch(self._noise_factor(img, ivar, s, unit, weights), resid_factor)
             err = {k: v * np.sqrt(factor) for k, v in err.items()}
             cov = None if cov is None else cov * factor
             err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
@@ -445,12 +447,15 @@ class GroupFitter:
                                 choice.flux_var, resid_factor))
         return out
 
-    def _noise_factor(self, img, ivar, src, model=None):
-        """Variance factor (noise.variance_factor) of the flux weights model x invvar of `src` on
-        its group's box: 1 for white noise, ~3.7 for a point source under ACS drizzle noise
-        (`model`: its unit-flux model on the box, if already rendered)."""
+    def _noise_factor(self, img, ivar, src, model=None, flux_weights=None):
+        """Variance factor (noise.variance_factor) of the flux weights of `src` on its group's box: 1 for
+        white noise, ~3.7 for a point source under ACS drizzle noise.  `flux_weights`: the fit's
+        (GroupFit.flux_weights, the shape marginalised), else model x invvar (the flux alone; `model`: the
+        unit-flux model on the box, if already rendered)."""
         if not (np.isfinite(src.flux) and (ivar > 0).any()) or self.correlation.max_lag == 0:
             return 1.0
+        if flux_weights is not None and np.any(flux_weights):
+            return variance_factor(self.correlation, flux_weights, ivar)
         if model is None:
             model = self.engine.render(img.shape, self.psf, [src.copy(flux=1.0)])
         if not np.any(model * ivar):

@@ -154,6 +154,12 @@ class GroupFit:
     #: per source: covariance of its parameters in STANDARD_PARAMS order (only the ones its kind
     #: has: 3 for point, 6 for exp/dev, 7 for sersic); None when the engine does not provide it.
     covariances: Optional[List[np.ndarray]] = None
+    #: per source: the pixel weights w [1/counts x counts] of its fitted flux on the fit's image
+    #: (image-shaped; the fit linearised at its optimum: delta flux = sum(w x delta image), i.e. invvar x
+    #: the Jacobian x the covariance's flux column, every other parameter of the group marginalised);
+    #: noise.variance_factor of these is the flux variance's factor under correlated noise.  None when
+    #: the engine does not provide them.
+    flux_weights: Optional[List[np.ndarray]] = None
 
 
 @dataclasses.dataclass

@@ -210,7 +210,14 @@ class NativeEngine(Engine):
             errors.append(_named_errors(src0, v, e))
         ndof = int(good.sum()) - int(offsets[-1])
         covs = [cov[offsets[i]:offsets[i + 1], offsets[i]:offsets[i + 1]] for i in range(len(starts))]
-        return GroupFit(fitted, errors, n_iter, converged, chi2, ndof, at_bound, covs)
+        # flux weights: jac is d model / d p x sqrt(invvar), so jac @ cov[:, flux] x sqrt(invvar) is invvar x
+        # the Jacobian x the flux column of the covariance
+        flux_weights = []
+        for i in range(len(starts)):
+            w = np.zeros(image.shape)
+            w[good] = (jac @ cov[:, offsets[i] + 2]) * weight
+            flux_weights.append(w)
+        return GroupFit(fitted, errors, n_iter, converged, chi2, ndof, at_bound, covs, flux_weights)
 
     # --- linear flux solve -----------------------------------------------------------------
     def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:

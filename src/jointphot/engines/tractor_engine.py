@@ -572,7 +572,7 @@ class TractorEngine(Engine):
                     converged = bool(np.isfinite(dlnp) or dlnp == 0)
                     break
             model = np.asarray(tr.getModelImage(0, sky=False), dtype=float)
-            cov, names = self._full_covariance(tr, shape, invvar, _at_limits(tr))
+            cov, names, derivs = self._full_covariance(tr, shape, invvar, _at_limits(tr))
         good = invvar > 0
         chi2 = float(np.sum(invvar[good] * (image[good] - model[good]) ** 2))
         nfree = len(names)
@@ -580,10 +580,13 @@ class TractorEngine(Engine):
         errors: List[Dict[str, float]] = []
         at_bound: List[bool] = []
         covariances: List[np.ndarray] = []
+        flux_weights: List[np.ndarray] = []
+        w = np.where(good, invvar, 0.0)
         k = 0
         for src, kind, re_hi in zip(srcs, kinds, re_max):
             npar = src.numberOfParams()
             sl = slice(k, k + npar)
+            flux_weights.append(w * np.asarray(derivs @ cov[:, k + 2]).reshape(shape))
             k += npar
             c = cov[sl, sl]
             err = {"x": c[0, 0], "y": c[1, 1], "flux": c[2, 2]}
@@ -617,7 +620,8 @@ class TractorEngine(Engine):
             out_sources.append(ns)
             at_bound.append(bool(bound))
         return GroupFit(sources=out_sources, errors=errors, n_iter=n_iter, converged=converged,
-                        chi2=chi2, ndof=int(good.sum()) - nfree, at_bound=at_bound, covariances=covariances)
+                        chi2=chi2, ndof=int(good.sum()) - nfree, at_bound=at_bound, covariances=covariances,
+                        flux_weights=flux_weights)
 
     def _derivative_matrix(self, tr, shape):
         """Sparse (npix, nparam) matrix of the Tractor's model derivatives (CSC), and names.
@@ -651,15 +655,16 @@ class TractorEngine(Engine):
         return A, names
 
     def _full_covariance(self, tr, shape, invvar, held=None):
-        """Covariance of the Tractor's thawed parameters; those `held` at a bound get zero rows and
-        columns (held fixed, not marginalised: the native engine's active set)."""
+        """Covariance of the Tractor's thawed parameters (those `held` at a bound get zero rows and
+        columns: held fixed, not marginalised, the native engine's active set), their names and the
+        derivative matrix (_derivative_matrix)."""
         A, names = self._derivative_matrix(tr, shape)
         w = np.where(invvar > 0, invvar, 0.0).ravel()
         F = (A.T @ _weighted(A, w)).toarray()
         free = np.ones(len(names), bool) if held is None else ~np.asarray(held, bool)
         cov = np.zeros_like(F)
         cov[np.ix_(free, free)] = _invert(F[np.ix_(free, free)])
-        return cov, names
+        return cov, names, A
 
     @_with_shift_context
     def solve_fluxes(self, image, invvar, psf, sources) -> FluxFit:
