@@ -90,7 +90,8 @@ OPEN = {
     "composite-galaxy-20-50-lr-bias": _COMPOSITE,
     "composite-galaxy-50-200-hr-bias": _COMPOSITE,
     "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.40 at S/N > 200 (LR chi median -0.89)",
-    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.26 at S/N > 200",
+    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.2501 at S/N > 200 (2026-12-03, the noise "
+                                          "measurement corrected for its sky box: at the bound)",
     "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.26 at S/N 50-200",
 }
 

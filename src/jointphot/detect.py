@@ -427,11 +427,13 @@ def noise_scaled_settings(settings, noise_model, kernel):
     return settings
 
 
-def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_pix=None, exclude=None):
+def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_pix=None, exclude=None,
+               sky_box=NOISE_SKY_BOX):
     """NoiseModel of a cutout [counts, inverse variance] with correlations up to `max_lag` px
     (default NOISE_MAX_LAG); white noise when too little blank sky is left (with a warning, or an
     info message when `warn` is False).  `exclude`: bool pixels left out besides the source mask
-    (e.g. where a fitted model's wings lie).
+    (e.g. where a fitted model's wings lie).  `sky_box`: side [px] of the running box whose mean is
+    the sky of the measurement (noise.measure_noise's background_box; None: one constant).
 
     Source mask: :func:`jointphot.noise.source_mask` (the `kernel`-filtered image above 4 of its own
     robust sigmas, 3 passes, dilated by `dilate_pix`, default 3 FWHM + 3 px as fit_hr's sky mask), not a first SExtractor
@@ -445,7 +447,7 @@ def tile_noise(image, invvar, kernel, fwhm_pix, max_lag=None, warn=True, dilate_
     if exclude is not None:
         mask |= exclude
     try:
-        return measure_noise(image, invvar, mask, max_lag=max_lag or NOISE_MAX_LAG, background_box=NOISE_SKY_BOX)
+        return measure_noise(image, invvar, mask, max_lag=max_lag or NOISE_MAX_LAG, background_box=sky_box)
     except JointphotError as exc:
         (logger.warning if warn else logger.info)("%s; assuming uncorrelated noise", exc)
         return white_noise()

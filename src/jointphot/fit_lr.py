@@ -44,6 +44,8 @@ from .plan import band_plan, band_product, tile_path, tile_psf
 #: (1.38 for 1.48).  Six unseen correlated fields (seeds 64-69): stars' LR chi robust sigma at HR S/N
 #: 20-50 / 50-200 / > 200 0.97 / 1.12 / 1.10 with lag 2, 0.89 / 1.08 / 1.05 with lag 5 (on the residual
 #: of a first fit: source wings no longer read as correlation; 3 FWHM leaves < 1620 pixels in crowded tiles).
+#: Its sky is one constant, as the LR fit's: a running box's mean over the few blank pixels of an LR tile
+#: would take a large part of the correlation with it (noise._box_mean_corrected).
 LR_NOISE_MAX_LAG = 5
 LR_NOISE_MASK_FWHM = 1.0
 #: The noise is measured on the residual of a first fit (no sky) where that fit's model is below this
@@ -192,7 +194,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     _, first_model, _ = _solve_with_sky(image, invvar, psf, sources, engine, n_iter=0)
     lr_noise = tile_noise(image - first_model, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False,
                           dilate_pix=int(LR_NOISE_MASK_FWHM * psf.fwhm_pix) + 2,
-                          exclude=(np.abs(first_model) * np.sqrt(invvar) > LR_NOISE_MODEL_SIGMA) | ~sky_region)
+                          exclude=(np.abs(first_model) * np.sqrt(invvar) > LR_NOISE_MODEL_SIGMA) | ~sky_region,
+                          sky_box=None)
     wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
     correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor

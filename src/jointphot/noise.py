@@ -32,6 +32,9 @@ from .errors import JointphotError
 MAD_TO_SIGMA = 1.4826
 #: Fewest source-free pixels per correlation lag measured ((2 max_lag + 1)^2 lags).
 MIN_PIXELS_PER_LAG = 20
+#: The sky box's correction of a measured autocorrelation (_box_mean_corrected) needs this many blank
+#: pixels per box for each of its measured lags (weighted by 2 - overlap): a first-order correction.
+MIN_BOX_PIXELS_PER_LAG = 4.0
 #: A source's variance factor becomes its residual's (residual_variance_factor) where that exceeds
 #: this many times the noise's own: 99.5 % of pure-noise residuals stay below 2.7 (1-6 px sources).
 MISMATCH_LIMIT = 3.0
@@ -107,14 +110,11 @@ def measure_noise(image, invvar, source_mask, max_lag=8, background_box=64, clip
     del sigma
     z /= scale
     z[~keep] = 0.0
-    # the sky box's correction needs the correlations the box takes: measured out to a quarter of it
-    reach = max(max_lag, (background_box or 0) // 4)
-    shape = [fft.next_fast_len(n + reach, real=True) for n in z.shape]
-    pairs = _autocorrelation(keep.astype(float), shape, reach)
-    acf = _autocorrelation(z, shape, reach) / np.maximum(pairs, 1.0)
-    acf, factor = _box_mean_corrected(acf / acf[reach, reach], box_pixels, background_box)
-    inner = slice(reach - max_lag, reach + max_lag + 1)
-    return NoiseModel(scale * factor, acf[inner, inner], int(keep.sum()))
+    shape = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
+    pairs = _autocorrelation(keep.astype(float), shape, max_lag)
+    acf = _autocorrelation(z, shape, max_lag) / np.maximum(pairs, 1.0)
+    acf, factor = _box_mean_corrected(acf / acf[max_lag, max_lag], box_pixels, background_box)
+    return NoiseModel(scale * factor, acf, int(keep.sum()))
 
 
 def _box_mean_corrected(acf, box_pixels, box):
@@ -125,17 +125,22 @@ def _box_mean_corrected(acf, box_pixels, box):
     rho(l) - (2 - o(l)) S/N (N = box_pixels, o(l) = (1 - |dx|/box)(1 - |dy|/box) the overlap of the two
     pixels' boxes), so the measured rho' = (rho - (2 - o) c) / (1 - c) with c = S/N; summing over the
     measured lags gives S = S' / (1 + (S' - sum(2 - o)) / N).  ACS-like noise in a 64 px box lowers the
-    sum of rho up to lag 8 by 8 % (rho reaches lag ~30: 5.11 up to lag 8, 6.10 in all); measured
-    out to a quarter of the box and corrected, it is within 1 % of a constant sky's.
-    Returns the corrected rho and 1 / sqrt(1 - c), the factor of the measured scale."""
+    sum of rho up to lag 8 by 8 %; corrected, it is 1.5-2.6 % below a constant sky's (the box also takes
+    rho beyond lag 8, which reaches lag ~30: 5.11 up to lag 8, 6.10 in all).  First order in
+    sum(2 - o) / N: where the boxes hold fewer than MIN_BOX_PIXELS_PER_LAG x sum(2 - o) blank pixels the
+    measurement is returned as it is.  Returns the corrected rho and 1 / sqrt(1 - c), the factor of the
+    measured scale."""
     k = acf.shape[0] // 2
     if box is None:
         overlap = np.ones_like(acf)
     else:
         lag = np.abs(np.arange(-k, k + 1)) / float(box)
         overlap = np.outer(1.0 - lag, 1.0 - lag)
+    lag_weight = float(np.sum(2.0 - overlap))
+    if box_pixels < MIN_BOX_PIXELS_PER_LAG * lag_weight:
+        return acf, 1.0
     measured_sum = float(acf.sum())
-    true_sum = measured_sum / (1.0 + (measured_sum - float(np.sum(2.0 - overlap))) / box_pixels)
+    true_sum = measured_sum / (1.0 + (measured_sum - lag_weight) / box_pixels)
     c = true_sum / box_pixels
     return acf * (1.0 - c) + c * (2.0 - overlap), 1.0 / np.sqrt(1.0 - c)
 
