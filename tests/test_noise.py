@@ -191,3 +191,18 @@ def test_sum_of_the_correlation_survives_the_running_sky_box():
         assert np.abs(boxed.acf - constant.acf).max() < 0.01
         assert boxed.scale == pytest.approx(constant.scale, rel=0.002)
     assert np.mean(ratios) == pytest.approx(1.0, abs=0.03)
+
+
+def test_box_correction_leaves_what_is_not_noise():
+    """A measured correlation sum of ~100 in a 64 px box (the HFF cD's halo on a 12" tile: light, not noise) and
+    boxes with too few blank pixels are returned as measured; an ACS-like sum of 5 is corrected (raised)."""
+    k = 8
+    acf = np.zeros((2 * k + 1, 2 * k + 1))
+    acf[k, k] = 1.0
+    halo = acf + 115.0 / acf.size
+    for measured, pixels in ((halo, 2572.0), (acf + 4.0 / acf.size, 300.0)):
+        corrected, factor = noise._box_mean_corrected(measured, pixels, 64)
+        assert np.array_equal(corrected, measured) and factor == 1.0
+    drizzle = acf + 3.7 / acf.size
+    corrected, factor = noise._box_mean_corrected(drizzle, 2660.0, 64)
+    assert corrected.sum() > drizzle.sum() + 0.3 and factor > 1.0

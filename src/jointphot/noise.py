@@ -35,6 +35,10 @@ MIN_PIXELS_PER_LAG = 20
 #: The sky box's correction of a measured autocorrelation (_box_mean_corrected) needs this many blank
 #: pixels per box for each of its measured lags (weighted by 2 - overlap): a first-order correction.
 MIN_BOX_PIXELS_PER_LAG = 4.0
+#: ... and the box's share of the variance, c = sum(rho) / pixels, at most this: drizzle or warp noise
+#: has sum(rho) ~ 1.5-6 (c ~ 0.002 in a 64 px box); a sum of ~100 (a 12" HFF tile on the cD's halo) is
+#: light no mask holds, not noise, and is left as measured.
+MAX_BOX_SHARE = 0.01
 #: A source's variance factor becomes its residual's (residual_variance_factor) where that exceeds
 #: this many times the noise's own: 99.5 % of pure-noise residuals stay below 2.7 (1-6 px sources).
 MISMATCH_LIMIT = 3.0
@@ -127,8 +131,8 @@ def _box_mean_corrected(acf, box_pixels, box):
     measured lags gives S = S' / (1 + (S' - sum(2 - o)) / N).  ACS-like noise in a 64 px box lowers the
     sum of rho up to lag 8 by 8 %; corrected, it is 1.5-2.6 % below a constant sky's (the box also takes
     rho beyond lag 8, which reaches lag ~30: 5.11 up to lag 8, 6.10 in all).  First order in
-    sum(2 - o) / N: where the boxes hold fewer than MIN_BOX_PIXELS_PER_LAG x sum(2 - o) blank pixels the
-    measurement is returned as it is.  Returns the corrected rho and 1 / sqrt(1 - c), the factor of the
+    sum(2 - o) / N: where the boxes hold fewer than MIN_BOX_PIXELS_PER_LAG x sum(2 - o) blank pixels, or
+    c exceeds MAX_BOX_SHARE, the measurement is returned as it is.  Returns the corrected rho and 1 / sqrt(1 - c), the factor of the
     measured scale."""
     k = acf.shape[0] // 2
     if box is None:
@@ -142,6 +146,8 @@ def _box_mean_corrected(acf, box_pixels, box):
     measured_sum = float(acf.sum())
     true_sum = measured_sum / (1.0 + (measured_sum - lag_weight) / box_pixels)
     c = true_sum / box_pixels
+    if not 0.0 <= c <= MAX_BOX_SHARE:
+        return acf, 1.0
     return acf * (1.0 - c) + c * (2.0 - overlap), 1.0 / np.sqrt(1.0 - c)
 
 
