@@ -76,7 +76,7 @@ _COMPOSITE = ("issue 12: bulge + disc + knot galaxies are fitted as a Sersic unl
               "does not have.  Seeds 21-23: HR bias +6.9 / +1.0 / -0.0 %, LR +5.4 / -0.0 / -0.6 % (S/N 20-50, 50-200, "
               "> 200; without comp +11.9 / +6.3 / +3.1 and +13.5 / +4.8 / +1.3 %); at a threshold of 2 +3.6 / +0.7 / "
               "+0.0 % but single-Sersic galaxies at 50-200 got chi sigma 1.19 (comps miss 4-6 % of a truncated n ~ 3 "
-              "profile).  HR chi sigma 1.11 / 1.23 / 1.26, LR 1.10 / 1.26 / 1.40 (model mismatch: colour gradients "
+              "profile).  HR chi sigma 1.08 / 1.21 / 1.25, LR 1.10 / 1.28 / 1.39 (model mismatch: colour gradients "
               "between the components, the HR shape is not the LR shape; since the profiles are rendered exactly "
               "truncated at 8 r_e, the two 1.26 figures were below 1.25 and the > 200 LR one was 1.28).  At S/N 20-50 the "
               "fit cannot tell the two apart (2026-12-02, every Sersic's comp trial recorded): the comp improves chi^2 by a "
@@ -89,10 +89,10 @@ OPEN = {
     "composite-galaxy-20-50-hr-bias": _COMPOSITE,
     "composite-galaxy-20-50-lr-bias": _COMPOSITE,
     "composite-galaxy-50-200-hr-bias": _COMPOSITE,
-    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.40 at S/N > 200 (LR chi median -0.89)",
-    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.2501 at S/N > 200 (2026-12-03, the noise "
-                                          "measurement corrected for its sky box: at the bound)",
-    "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.26 at S/N 50-200",
+    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.39 at S/N > 200 (LR chi median -0.88)",
+    "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.254 at S/N > 200 (2026-12-03, a group's "
+                                          "model trials one source at a time)",
+    "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.28 at S/N 50-200",
 }
 
 

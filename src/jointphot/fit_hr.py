@@ -5,7 +5,9 @@ their bounding box; pixels of other groups' segments in the box are ignored.  St
 come from SExtractor (position, FLUX_AUTO, FLUX_RADIUS deconvolved from the PSF, B/A, THETA).
 hr_models 'sersic' (default): point-source candidates (the original's rule, CLASS_STAR at
 the real seeing, or FLUX_RADIUS below 1.3x the PSF's) are fitted both ways and kept as
-galaxies only when that lowers chi^2 by more than GALAXY_DCHI2; the others are Sersic.
+galaxies only when that lowers chi^2 by more than GALAXY_DCHI2; the others are Sersic, each tried as a
+bulge + disc (COMP_DCHI2).  A trial refits its one source with the group's other sources held at
+their current models (as legacypipe's model selection); a group whose model changed is fitted again jointly.
 chi^2 differences (GALAXY_DCHI2, dchisq) are divided by the noise's variance factor for a point
 source at the source (1 for white noise): correlated noise inflates them by that factor.
 hr_models 'legacy' (modelselect.py, the Legacy Surveys' rules): in a group, all sources are first
@@ -465,17 +467,11 @@ class GroupFitter:
     def _point_sources_as_galaxies(self, img, ivar, starts, fit, re_max):
         """hr_models 'sersic': each point-source candidate refitted as a Sersic galaxy, kept as one
         only when that lowers chi^2 by more than GALAXY_DCHI2."""
-        for k, s in enumerate(starts):
-            if s.kind != "point":
-                continue
-            trial = list(fit.sources)
-            trial[k] = s.copy(kind="sersic", x=fit.sources[k].x, y=fit.sources[k].y, flux=fit.sources[k].flux,
-                              re=max(s.re, 1.0), n=1.5)
-            alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self.job["hr_compl_niter"],
-                                        re_max=re_max)
-            if (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, fit.sources[k].copy(kind="point")) > GALAXY_DCHI2:
-                fit = alt
-        return fit
+        def propose(k, src):
+            if starts[k].kind != "point":
+                return None
+            return starts[k].copy(kind="sersic", x=src.x, y=src.y, flux=src.flux, re=max(starts[k].re, 1.0), n=1.5)
+        return self._trials(img, ivar, fit, propose, GALAXY_DCHI2, re_max, bounded_ok=True)
 
     def _sersics_as_composites(self, img, ivar, fit, re_max):
         """hr_models 'sersic': each Sersic galaxy refitted as a bulge + disc (comp, from the Sersic's
@@ -483,15 +479,36 @@ class GroupFitter:
         neither its fracdev nor its shape ends on a bound (a comp at fracdev 0 or 1 is an exp or a dev).
         A single Sersic fitted to a bulge + disc runs to n = 3-6 and extrapolates wings the galaxy
         does not have (HR fluxes +6-12 %)."""
-        for k, s in enumerate(fit.sources):
-            if s.kind != "sersic":
+        def propose(k, src):
+            if src.kind != "sersic":
+                return None
+            return src.copy(kind="comp", fracdev=COMP_START_FRACDEV, re_ratio=COMP_START_RE_RATIO)
+        return self._trials(img, ivar, fit, propose, COMP_DCHI2, re_max, bounded_ok=False)
+
+    def _trials(self, img, ivar, fit, propose, threshold, re_max, bounded_ok):
+        """Each source of the group's fit for which propose(k, source) gives another model refitted as
+        that model, the group's other sources held at their current models (a trial costs one source's fit,
+        not the group's: the cost stays linear in the group's size); kept when chi^2 on the group's box,
+        divided by the noise's variance factor for a point source there, drops by more than `threshold`
+        (and, unless bounded_ok, the trial's shape ends on no bound).  A group of several sources of which
+        one changed is then fitted again jointly from the kept models.  Returns the group's GroupFit."""
+        sources, chi2, changed = list(fit.sources), fit.chi2, False
+        for k in range(len(sources)):
+            trial = propose(k, sources[k])
+            if trial is None:
                 continue
-            trial = list(fit.sources)
-            trial[k] = s.copy(kind="comp", fracdev=COMP_START_FRACDEV, re_ratio=COMP_START_RE_RATIO)
-            alt = self.engine.fit_group(img, ivar, self.psf, trial, max_iter=self._max_iter(trial), re_max=re_max)
-            gain = (fit.chi2 - alt.chi2) / self._noise_factor(img, ivar, s.copy(kind="point"))
-            if gain > COMP_DCHI2 and not alt.at_bound[k]:
-                fit = alt
+            others = [s for j, s in enumerate(sources) if j != k and np.isfinite(s.flux)]
+            data = img - self.engine.render(img.shape, self.psf, others) if others else img
+            alt = self.engine.fit_group(data, ivar, self.psf, [trial], max_iter=self._max_iter([trial]),
+                                        re_max=[re_max[k]])
+            gain = (chi2 - alt.chi2) / self._noise_factor(img, ivar, sources[k].copy(kind="point"))
+            if gain > threshold and (bounded_ok or not alt.at_bound[0]):
+                sources[k], chi2, changed = alt.sources[0], alt.chi2, True
+                if len(sources) == 1:
+                    fit = alt
+        if changed and len(sources) > 1:
+            fit = self.engine.fit_group(img, ivar, self.psf, sources, max_iter=self._max_iter(sources),
+                                        re_max=re_max)
         return fit
 
     def _simpler_where_bounded(self, img, ivar, starts, fit, re_max, members):
