@@ -132,8 +132,8 @@ def _box_mean_corrected(acf, box_pixels, box):
     sum of rho up to lag 8 by 8 %; corrected, it is 1.5-2.6 % below a constant sky's (the box also takes
     rho beyond lag 8, which reaches lag ~30: 5.11 up to lag 8, 6.10 in all).  First order in
     sum(2 - o) / N: where the boxes hold fewer than MIN_BOX_PIXELS_PER_LAG x sum(2 - o) blank pixels, or
-    c exceeds MAX_BOX_SHARE, the measurement is returned as it is.  Returns the corrected rho and 1 / sqrt(1 - c), the factor of the
-    measured scale."""
+    c exceeds MAX_BOX_SHARE, the measurement is returned as it is.  Returns the corrected rho and
+    1 / sqrt(1 - c), the factor of the measured scale."""
     k = acf.shape[0] // 2
     if box is None:
         overlap = np.ones_like(acf)
