@@ -101,3 +101,34 @@ def test_analytic_derivatives_match_finite_differences(src):
               - renderer.render_unit(from_standard(src, vm), half)[0]) / (vp[k] - vm[k])
         rel = np.abs(grad - fd).max() / np.abs(fd).max()
         assert rel < (1e-6 if k < 2 or k == 6 else 2e-3), (k, rel)
+
+
+@pytest.mark.parametrize("src", [
+    Source("point", 3.3, 30.6, 1.0),
+    Source("sersic", 31.2, 4.4, 1.0, re=2.5, ab=0.7, phi=-50.0, n=3.3),
+    Source("comp", 16.0, 17.0, 1.0, re=3.0, ab=0.6, phi=20.0, fracdev=0.3, re_ratio=0.4),
+    Source("dev", 20.0, 20.0, 1.0, re=12.0, ab=0.5, phi=80.0),               # wide components drawn in real space
+    Source("exp", -40.0, 10.0, 1.0, re=2.0, ab=0.8, phi=0.0),                # the stamp misses the image
+], ids=["point-corner", "sersic-edge", "comp", "wide-dev", "off-image"])
+def test_a_clipped_render_is_the_part_of_the_whole_stamp_on_the_image(src):
+    """render_unit(clip=shape) returns the pixels of the whole stamp that fall on an image of that shape, and
+    their gradients, to the bit (the native engine renders only its fit box)."""
+    renderer = models.PSFRenderer(PSF(image=gaussian_epsf(1.4)))
+    half = renderer.stamp_half_size(src)
+    shape = (35, 38)
+    whole, whole_grads, x0, y0 = renderer.render_unit(src, half, with_gradient=True)
+    part, part_grads, cx0, cy0 = renderer.render_unit(src, half, with_gradient=True, clip=shape)
+    plain, px0, py0 = renderer.render_unit(src, half, clip=shape)
+    assert (px0, py0) == (cx0, cy0) and np.array_equal(plain, part)
+    rows = slice(cy0 - y0, cy0 - y0 + part.shape[0])
+    cols = slice(cx0 - x0, cx0 - x0 + part.shape[1])
+    assert part.size == 0 or (0 <= cx0 and cx0 + part.shape[1] <= shape[1] and 0 <= cy0 and cy0 + part.shape[0] <= shape[0])
+    on_image = np.zeros(shape)
+    models.add_stamp(on_image, whole, x0, y0)
+    assert np.array_equal(whole[rows, cols], part)
+    covered = np.zeros(shape, bool)
+    covered[cy0:cy0 + part.shape[0], cx0:cx0 + part.shape[1]] = part.size > 0
+    assert np.array_equal(on_image[covered], part.ravel()) and not on_image[~covered].any()
+    for g_whole, g_part in zip(whole_grads, part_grads):
+        assert np.array_equal(g_whole[rows, cols], g_part)
+    assert (part.size == 0) == (src.x < -half)

@@ -179,7 +179,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine) -> None:
     numbers = np.asarray(cat["NUMBER"])
     re_max = segment_re_max(segmap, numbers, psf.fwhm_pix)
     fitter = GroupFitter(image, invvar, segmap, numbers, re_max, psf, engine, job, correlation)
-    results = fitter.fit_all(sources, groups, choose=True)
+    # (the second pass always follows when there is a source: this pass's errors would not be used)
+    results = fitter.fit_all(sources, groups, choose=True, errors=False)
     # second pass: the sky from the residual of the first (source light no longer biases it), and
     # every group refitted with its models chosen in the first pass, from the first pass's solution
     fitted = [r.source for r in results]
@@ -372,14 +373,16 @@ class GroupFitter:
         self.previous = list(sources)
         self.previous_model = self.engine.render(self.image.shape, self.psf, [s for s in sources if s is not None])
 
-    def fit_all(self, sources, groups, choose):
+    def fit_all(self, sources, groups, choose, errors=True):
         """One HRResult per source (in the order of `sources`); choose (one bool, or one per group)
         True picks each source's model (hr_models legacy: by its candidates; sersic: by the point ->
-        Sersic and Sersic -> comp trials), False refits the sources' kinds as they are."""
+        Sersic and Sersic -> comp trials), False refits the sources' kinds as they are.  errors=False:
+        the results' errors are the fit's, not scaled for correlated noise or model mismatch (the
+        models and `failed` only, for a pass whose errors are not kept)."""
         results = [None] * len(sources)
         choose = [choose] * len(groups) if isinstance(choose, bool) else choose
         for gid, members in enumerate(groups):
-            for i, res in zip(members, self.fit_group(sources, members, choose[gid])):
+            for i, res in zip(members, self.fit_group(sources, members, choose[gid], errors)):
                 results[i] = res._replace(group_id=gid, group_size=len(members))
         return results
 
@@ -396,8 +399,8 @@ class GroupFitter:
         return (max(lo_y, min(s[0].start for s in slices) - pad), min(hi_y, max(s[0].stop for s in slices) + pad),
                 max(lo_x, min(s[1].start for s in slices) - pad), min(hi_x, max(s[1].stop for s in slices) + pad))
 
-    def fit_group(self, sources, members, choose: bool):
-        """Fit one group on its box (other groups' segments masked); returns HRResults."""
+    def fit_group(self, sources, members, choose: bool, errors: bool = True):
+        """Fit one group on its box (other groups' segments masked); returns HRResults (errors: see fit_all)."""
         y0, y1, x0, x1 = self.box(members)
         seg = self.segmap[y0:y1, x0:x1]
         img = self.image[y0:y1, x0:x1]
@@ -428,6 +431,13 @@ class GroupFitter:
                              dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan, np.nan)
                     for s, i in zip(starts, members)]
         covs = fit.covariances or [None] * len(fit.sources)
+        if not errors:
+            return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
+                             fit.chi2 / max(fit.ndof, 1), bound,
+                             not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan))), 0, 0,
+                             dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq),
+                             self.choices.get(i, NO_CHOICE).flux_var, np.nan)
+                    for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members)]
         flux_weights = fit.flux_weights or [None] * len(fit.sources)
         residual = img - self.engine.render(img.shape, self.psf, [s for s in fit.sources if np.isfinite(s.flux)])
         out = []

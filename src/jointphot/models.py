@@ -259,18 +259,22 @@ class PSFRenderer:
         extent = 0.0 if src.kind == "point" else TRUNCATION_RADIUS * src.re   # all of the light
         return int(min(max(extent, 3.0 * self.psf_half / 2 + 4, 8), 400, reach + self.psf_half + 2))
 
-    def render_unit(self, src: Source, half: int, with_gradient: bool = False):
+    def render_unit(self, src: Source, half: int, with_gradient: bool = False, clip=None):
         """Unit-flux image of `src` on a (2*half+1)^2 stamp centred on pixel round(x), round(y).
 
         Returns (stamp, x0, y0) with x0, y0 the pixel coordinates of the stamp's first pixel;
         with_gradient=True returns (stamp, grads, x0, y0), grads = the analytic derivatives
         d stamp / d p for the source's base.STANDARD_PARAMS except flux (x, y [px];
-        galaxies: ln re, e1, e2; Sersic: n).
+        galaxies: ln re, e1, e2; Sersic: n).  clip=(ny, nx): only the part of the stamp on an image of
+        that shape is computed and returned (x0, y0 then that part's first pixel; its pixel values are those
+        of the whole stamp to the bit).
         """
         if src.kind == "comp":
-            return self._render_comp(src, half, with_gradient)
+            return self._render_comp(src, half, with_gradient, clip)
         ix, iy = int(np.floor(src.x + 0.5)), int(np.floor(src.y + 0.5))
         dx, dy = src.x - ix, src.y - iy
+        size = 2 * half + 1
+        r0, r1, c0, c1 = _clip_range(size, ix - half, iy - half, clip)
         amps, s2, cshape, comps = source_components(src)
         galaxy = src.kind != "point"
         sersic = src.kind == "sersic"
@@ -278,7 +282,6 @@ class PSFRenderer:
         d_c = (shape_covariance_derivatives(src)[:N_PARAMS[src.kind] - 3] if (with_gradient and galaxy)
                else np.zeros((0, 2, 2)))
         d_amps = sersic_mixture_slope(source_index(src))[comps] if (with_gradient and sersic) else None
-        size = 2 * half + 1
         narrow = np.sqrt(s2 * max(cshape[0, 0], cshape[1, 1])) <= half / 4.0
         n_out = 1 + (2 + len(d_c) + sersic if with_gradient else 0)
         if narrow.any():
@@ -311,14 +314,14 @@ class PSFRenderer:
                         spectra[3 + j] = slope * -quadratic(dc) * phase
                 if sersic:
                     spectra[-1] = np.interp(t, _T_GRID, tables[2]) * phase
-            out = _inverse_stamps(spectra, nfft, size)
+            out = _inverse_stamps(spectra, nfft, (r0, r1), (c0, c1))
         else:
-            out = np.zeros((n_out, size, size))
+            out = np.zeros((n_out, r1 - r0, c1 - c0))
         stamp, grads = out[0], list(out[1:])
         if (~narrow).any():
             # pixel offsets as a row and a column: the terms of one axis are computed once per component
-            xx = (np.arange(-half, half + 1) - dx)[None, :]
-            yy = (np.arange(-half, half + 1) - dy)[:, None]
+            xx = (np.arange(-half + c0, -half + c1) - dx)[None, :]
+            yy = (np.arange(-half + r0, -half + r1) - dy)[:, None]
             wide = ~narrow
             # all wide components at once: covariances s_k^2 C + P, inverted in closed form
             cov = s2[wide, None, None] * cshape + self.psf_cov
@@ -342,15 +345,15 @@ class PSFRenderer:
                 if sersic:
                     grads[-1] += (unit * (self.psf_sum * d_amps[wide])[:, None, None]).sum(axis=0)
         if with_gradient:
-            return stamp, grads, ix - half, iy - half
-        return stamp, ix - half, iy - half
+            return stamp, grads, ix - half + c0, iy - half + r0
+        return stamp, ix - half + c0, iy - half + r0
 
-    def _render_comp(self, src: Source, half: int, with_gradient: bool):
+    def _render_comp(self, src: Source, half: int, with_gradient: bool, clip=None):
         """render_unit of a 'comp' source: (1 - fracdev) exp(re) + fracdev dev(re_ratio re) on one ellipse;
         gradients in the order x, y, ln re, e1, e2, fracdev, ln re_ratio."""
         f = src.fracdev
-        disc = self.render_unit(src.copy(kind="exp"), half, with_gradient)
-        bulge = self.render_unit(src.copy(kind="dev", re=src.re * src.re_ratio), half, with_gradient)
+        disc = self.render_unit(src.copy(kind="exp"), half, with_gradient, clip)
+        bulge = self.render_unit(src.copy(kind="dev", re=src.re * src.re_ratio), half, with_gradient, clip)
         stamp = (1 - f) * disc[0] + f * bulge[0]
         if not with_gradient:
             return stamp, disc[1], disc[2]
@@ -359,10 +362,22 @@ class PSFRenderer:
         return stamp, grads, disc[2], disc[3]
 
 
-def _inverse_stamps(spectra: np.ndarray, nfft: int, size: int) -> np.ndarray:
-    """The first size x size pixels of the inverse rfft2 (nfft x nfft) of each of `spectra` (k, nfft, nfft // 2 + 1):
-    irfft2(spectrum, s=(nfft, nfft))[:size, :size] to the bit, its second pass run on the kept rows only."""
-    return np.fft.irfft(np.fft.ifft(spectra, axis=-2)[..., :size, :], n=nfft, axis=-1)[..., :size]
+def _inverse_stamps(spectra: np.ndarray, nfft: int, rows, cols) -> np.ndarray:
+    """Pixels rows[0]:rows[1], cols[0]:cols[1] of the inverse rfft2 (nfft x nfft) of each of `spectra`
+    (k, nfft, nfft // 2 + 1): irfft2(spectrum, s=(nfft, nfft))[r0:r1, c0:c1] to the bit, its second pass run
+    on the kept rows only."""
+    return np.fft.irfft(np.fft.ifft(spectra, axis=-2)[..., rows[0]:rows[1], :], n=nfft, axis=-1)[..., cols[0]:cols[1]]
+
+
+def _clip_range(size: int, x0: int, y0: int, clip):
+    """(r0, r1, c0, c1): the rows and columns of a size x size stamp at (x0, y0) on an image of shape `clip`
+    (all of them for clip None; an empty range where the stamp misses the image)."""
+    if clip is None:
+        return 0, size, 0, size
+    ny, nx = clip
+    r0, r1 = min(max(-y0, 0), size), max(min(ny - y0, size), 0)
+    c0, c1 = min(max(-x0, 0), size), max(min(nx - x0, size), 0)
+    return r0, max(r1, r0), c0, max(c1, c0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -447,8 +462,10 @@ def _correction(n: float):
     below = lo - 1 if up == lo else lo
     c = table[lo] if frac < 1e-9 or up == lo else (1 - frac) * table[lo] + frac * table[up]
     slope = (table[up][0] - table[below][0]) / N_GRID_STEP
-    pad = len(_T_GRID) - _CORRECTION_NT
-    return np.pad(c, ((0, 0), (0, pad))), np.pad(slope, (0, pad))
+    out = np.zeros((3, len(_T_GRID)))       # zero beyond the table (np.pad is ~20x slower than this)
+    out[:2, :_CORRECTION_NT] = c
+    out[2, :_CORRECTION_NT] = slope
+    return out[:2], out[2]
 
 
 @functools.lru_cache(maxsize=256)
@@ -509,7 +526,7 @@ def render_sources(shape, renderer: PSFRenderer, sources) -> np.ndarray:
     """Model image of `sources` (fluxes in counts) on an array of `shape`."""
     model = np.zeros(shape)
     for src in sources:
-        stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src))
+        stamp, x0, y0 = renderer.render_unit(src, renderer.stamp_half_size(src), clip=shape)
         add_stamp(model, stamp, x0, y0, src.flux)
     return model
 

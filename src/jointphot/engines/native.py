@@ -132,10 +132,10 @@ class NativeEngine(Engine):
             for i, (src0, v, half) in enumerate(zip(starts, vectors, halves)):
                 src = from_standard(src0, v)
                 if not jacobian:
-                    st, x0, y0 = renderer.render_unit(src, half)
+                    st, x0, y0 = renderer.render_unit(src, half, clip=image.shape)
                     add_stamp(model, st, x0, y0, src.flux)
                     continue
-                st, grads, x0, y0 = renderer.render_unit(src, half, with_gradient=True)
+                st, grads, x0, y0 = renderer.render_unit(src, half, with_gradient=True, clip=image.shape)
                 add_stamp(model, st, x0, y0, src.flux)
                 sl_img, sl_st = overlap_slices(image.shape, st.shape, x0, y0)
                 if sl_img is None:
