@@ -101,17 +101,17 @@ def measure_noise(image, invvar, source_mask, max_lag=8, background_box=64, clip
                              f"needed for correlations up to {max_lag} px")
     keep = good
     for _ in range(2):   # sky and scale from the blank pixels, then again without the clipped ones
-        sky, box_pixels = _sky(image, keep, background_box)
+        sky = _sky(image, keep, background_box)
+        sky_pixels = keep
         z = image - sky
         del sky
         z *= sigma
-        values = np.abs(z[good])
-        scale = MAD_TO_SIGMA * float(np.median(values))
-        del values
+        scale = MAD_TO_SIGMA * float(np.median(np.abs(z[good]), overwrite_input=True))
         if scale == 0:
             raise JointphotError("noise measurement: the source-free pixels have no noise (all equal)")
         keep = good & (np.abs(z) < clip_sigma * scale)
     del sigma
+    box_pixels = _box_pixels(sky_pixels, background_box)
     z /= scale
     z[~keep] = 0.0
     shape = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
@@ -165,13 +165,13 @@ def source_mask(image, invvar, kernel, nsigma=4.0, dilate_pix=10, background_box
         free = good & ~mask
         if not free.any():
             break
-        z = _normalised(image, _sky(image, free, background_box)[0], sigma, good)
+        z = _normalised(image, _sky(image, free, background_box), sigma, good)
         filtered = fftconvolve(z, kernel, mode="same")
         del z
         values = filtered[free]
-        centre = np.median(values)
+        centre = np.median(values, overwrite_input=True)       # reorders `values`, keeps its elements
         values -= centre
-        level = MAD_TO_SIGMA * np.median(np.abs(values, out=values))
+        level = MAD_TO_SIGMA * np.median(np.abs(values, out=values), overwrite_input=True)
         del values
         mask = good & (filtered > centre + nsigma * level)
         del filtered
@@ -269,15 +269,22 @@ def _normalised(image, sky, sigma, good):
 
 
 def _sky(image, good, box):
-    """(sky [counts], pixels): the mean of the `good` pixels in a running box of `box` px and the median
-    number of good pixels in the boxes of the good pixels, or their clipped median and their number."""
+    """Sky [counts]: the mean of the `good` pixels in a running box of `box` px, or their clipped median."""
     if box is None:
-        return float(clipped_mean_median(image[good])[1]), float(good.sum())
+        return float(clipped_mean_median(image[good])[1])
     weight = ndimage.uniform_filter(good.astype(float), box, mode="constant")
-    pixels = float(np.median(weight[good])) * box * box
     total = ndimage.uniform_filter(np.where(good, image, 0.0), box, mode="constant")
     total /= np.maximum(weight, 1e-12, out=weight)       # in place: tile-sized arrays add up
-    return total, pixels
+    return total
+
+
+def _box_pixels(good, box):
+    """Median number of `good` pixels in the running boxes of `box` px around the good pixels (the
+    number of good pixels when `box` is None): the pixels each sky value of :func:`_sky` averages."""
+    if box is None:
+        return float(good.sum())
+    weight = ndimage.uniform_filter(good.astype(float), box, mode="constant")
+    return float(np.median(weight[good], overwrite_input=True)) * box * box
 
 
 def _autocorrelation(values, shape, max_lag):
