@@ -59,6 +59,19 @@ def covered(truth, band):
     return np.asarray(truth[name], bool) if name in truth.colnames else np.ones(len(truth), bool)
 
 
+def isolated_chi(cat, truth, idx, band="lr"):
+    """(HR chi, LR chi of band `band`) = (measured - true) / error of the isolated truth sources with HR S/N > 20
+    that have a catalogue match (`idx`: match(cat, truth)); LR: those its image covers, less than
+    LR_MASKED_MAX of their LR model on masked pixels (they are flagged)."""
+    sel = (idx >= 0) & np.asarray(truth["isolated"], bool) & (np.asarray(truth["hr_snr"]) > 20)
+    m = idx[sel]
+    t = truth[sel]
+    chi_hr = (np.asarray(cat["hr_flux"])[m] - np.asarray(t["hr_flux"])) / np.asarray(cat["hr_flux_err"])[m]
+    chi_lr = (np.asarray(cat[f"{band}_flux"])[m] - np.asarray(t[f"{band}_flux"])) / np.asarray(cat[f"{band}_flux_err"])[m]
+    lr_ok = (np.asarray(cat[f"{band}_masked_frac"])[m] < LR_MASKED_MAX) & covered(t, band)
+    return chi_hr, chi_lr[lr_ok]
+
+
 def catalog_figures(catalog_path, truth_path, band="lr"):
     """Dict of the figures the thresholds are about (LR: band `band`, truth column <band>_flux, the sources
     its image covers)."""
@@ -67,12 +80,7 @@ def catalog_figures(catalog_path, truth_path, band="lr"):
     idx, dist = match(cat, truth)
     found = idx >= 0
     sel = found & np.asarray(truth["isolated"], bool) & (np.asarray(truth["hr_snr"]) > 20)
-    m = idx[sel]
-    t = truth[sel]
-    chi_hr = (np.asarray(cat["hr_flux"])[m] - np.asarray(t["hr_flux"])) / np.asarray(cat["hr_flux_err"])[m]
-    chi_lr = (np.asarray(cat[f"{band}_flux"])[m] - np.asarray(t[f"{band}_flux"])) / np.asarray(cat[f"{band}_flux_err"])[m]
-    # the LR test excludes sources whose LR model is partly on masked pixels (they are flagged)
-    lr_ok = (np.asarray(cat[f"{band}_masked_frac"])[m] < LR_MASKED_MAX) & covered(t, band)
+    chi_hr, chi_lr = isolated_chi(cat, truth, idx, band)
     snr10 = np.asarray(truth["hr_snr"]) > 10
     ids = np.asarray(cat["id"])
     pair_d = cKDTree(np.column_stack([cat["x_large"], cat["y_large"]])).query_pairs(0.1 / 0.03) if len(cat) else set()
@@ -80,7 +88,7 @@ def catalog_figures(catalog_path, truth_path, band="lr"):
         "n_sources": len(cat),
         "n_selected": int(sel.sum()),
         "hr_chi": robust_stats(chi_hr),
-        "lr_chi": robust_stats(chi_lr[lr_ok]),
+        "lr_chi": robust_stats(chi_lr),
         "completeness_snr10": float(found[snr10].mean()),
         "median_offset_mas": float(np.median(dist[sel])),
         "duplicate_ids": int(len(ids) - len(np.unique(ids))),
