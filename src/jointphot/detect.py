@@ -166,8 +166,9 @@ def detection_settings(pixel_scale_arcsec, zeropoint, seeing_fwhm_arcsec, overri
 
 
 def run_sextractor(image, *, out_dir, settings, sex_command="source-extractor", weight=None,
-                   weight_type="MAP_WEIGHT", sexinputdir=None, header=None):
-    """Run SExtractor on `image`; return (catalogue sorted by NUMBER, segmentation map).
+                   weight_type="MAP_WEIGHT", sexinputdir=None, header=None, segmentation=True):
+    """Run SExtractor on `image`; return (catalogue sorted by NUMBER, segmentation map, or None when
+    `segmentation` is False: none is written).
 
     image : 2-D array [counts]; non-finite pixels are set to 0 with weight 0 (bad).
     out_dir : directory for a temporary run directory, removed afterwards.
@@ -234,6 +235,8 @@ def run_sextractor(image, *, out_dir, settings, sex_command="source-extractor", 
             args["WEIGHT_TYPE"] = weight_type
             args["WEIGHT_IMAGE"] = "weight.fits"
 
+        if not segmentation:
+            args["CHECKIMAGE_TYPE"] = "NONE"
         command = [exe, "image.fits", "-c", "detect.sex"]
         for key, value in args.items():
             command += [f"-{key}", value]
@@ -256,7 +259,7 @@ def run_sextractor(image, *, out_dir, settings, sex_command="source-extractor", 
                 logger.warning("SExtractor: %s", line.lstrip("> ").strip())
         try:
             catalog = Table.read(run_dir / "catalog.fits", hdu=1, unit_parse_strict="silent")
-            segmap = fits.getdata(run_dir / "segmap.fits").astype(np.int32)
+            segmap = fits.getdata(run_dir / "segmap.fits").astype(np.int32) if segmentation else None
         except (OSError, ValueError) as exc:
             raise JointphotError(
                 f"SExtractor ({exe}) wrote no readable catalogue/segmentation ({exc}); "
@@ -479,7 +482,7 @@ def detect_tile(plan, tile_id: int, directory: str) -> None:
         run = dict(out_dir=directory, settings=settings, sex_command=sex_command, weight=invvar,
                    weight_type="MAP_WEIGHT", sexinputdir=job["sexinputdir"], header=header)
         catalog, segmap = run_sextractor(sci, **run)
-        negated, _ = run_sextractor(-np.asarray(sci, np.float32), **run)
+        negated, _ = run_sextractor(-np.asarray(sci, np.float32), segmentation=False, **run)
     logger.info("tile %d: noise scale %.3f, filtered-noise factor %.3f, DETECT_THRESH %s, %d detections, "
                 "%d on the negated image", tile_id, noise.scale, factor, settings["DETECT_THRESH"], len(catalog),
                 len(negated))
