@@ -431,29 +431,25 @@ class GroupFitter:
                              dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq), np.nan, np.nan)
                     for s, i in zip(starts, members)]
         covs = fit.covariances or [None] * len(fit.sources)
-        if not errors:
-            return [HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
-                             fit.chi2 / max(fit.ndof, 1), bound,
-                             not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan))), 0, 0,
-                             dchisq_vector(self.choices.get(i, NO_CHOICE).dchisq),
-                             self.choices.get(i, NO_CHOICE).flux_var, np.nan)
-                    for s, err, bound, cov, i in zip(fit.sources, fit.errors, fit.at_bound, covs, members)]
         flux_weights = fit.flux_weights or [None] * len(fit.sources)
-        residual = img - self.engine.render(img.shape, self.psf, [s for s in fit.sources if np.isfinite(s.flux)])
+        residual = (img - self.engine.render(img.shape, self.psf, [s for s in fit.sources if np.isfinite(s.flux)])
+                    if errors else None)
         out = []
         for s, err, bound, cov, weights, i in zip(fit.sources, fit.errors, fit.at_bound, covs, flux_weights, members):
             choice = self.choices.get(i, NO_CHOICE)
-            unit = self.engine.render(img.shape, self.psf, [s.copy(flux=1.0)]) if np.isfinite(s.flux) else None
-            # correlated noise: the errors scale with the variance factor of the source's flux weights (its
-            # shape marginalised); a model that does not describe the data (clumps, spiral arms): with its
-            # residual chi^2
-            resid_factor = (residual_variance_factor(unit, residual, ivar, mismatch_lag(self.psf.fwhm_pix))
-                            if unit is not None else np.nan)
-            factor = with_mismatch(self._noise_factor(img, ivar, s, unit, weights), resid_factor)
-            err = {k: v * np.sqrt(factor) for k, v in err.items()}
-            cov = None if cov is None else cov * factor
-            err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
-            failed = not (np.isfinite(s.flux) and np.isfinite(err["flux"]))
+            resid_factor = np.nan
+            if errors:
+                unit = self.engine.render(img.shape, self.psf, [s.copy(flux=1.0)]) if np.isfinite(s.flux) else None
+                # correlated noise: the errors scale with the variance factor of the source's flux weights (its
+                # shape marginalised); a model that does not describe the data (clumps, spiral arms): with its
+                # residual chi^2
+                if unit is not None:
+                    resid_factor = residual_variance_factor(unit, residual, ivar, mismatch_lag(self.psf.fwhm_pix))
+                factor = with_mismatch(self._noise_factor(img, ivar, s, unit, weights), resid_factor)
+                err = {k: v * np.sqrt(factor) for k, v in err.items()}
+                cov = None if cov is None else cov * factor
+                err = dict(err, flux=float(np.hypot(err.get("flux", np.nan), np.sqrt(choice.flux_var))))
+            failed = not (np.isfinite(s.flux) and np.isfinite(err.get("flux", np.nan)))
             out.append(HRResult(s.copy(x=s.x + x0, y=s.y + y0), err, cov, fit.n_iter, fit.converged,
                                 fit.chi2 / max(fit.ndof, 1), bound, failed, 0, 0, dchisq_vector(choice.dchisq),
                                 choice.flux_var, resid_factor))
