@@ -1,7 +1,11 @@
-"""Sources only the LR images see (issue 14): a simulated 60" field with three LR bands and a 10" strip
+"""Sources only the LR images see (issue 14): simulated 60" fields with three LR bands and a 10" strip
 where the HR image has no data (`jointphot simulate --hr-gap 10 --extra-bands g,z`), run by the real
 CLI with the real SExtractor.  Sources in the strip have no HR detection; the residual pass of each
-band's forced fit (jointphot.lr_residual) must find them, measure them, and find little else."""
+band's forced fit (jointphot.lr_residual) must find them, measure them, and find little else.
+
+The figures pool SEEDS, as the other truth tests pool several fields: one field holds 12-22 stars and
+37-65 galaxies in the strip, and its figures scatter between fields by more than the criteria's
+margins (seed 43 alone: lr 29/30 recovered, seed 44: 16/20; stars' chi sigma 0.72-1.38)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from astropy.table import vstack
 
 import truthcheck
 from jointphot import conventions as cv
@@ -16,7 +21,7 @@ from jointphot.simulate import HR_SCALE
 
 pytestmark = pytest.mark.statistical
 
-SEED = 43                      # never used to tune anything
+SEEDS = (43, 44, 45, 46, 47)   # never used to tune anything
 SIZE_ARCSEC = 60
 GAP_ARCSEC = 10.0
 BANDS = ("lr", "g", "z")
@@ -34,18 +39,21 @@ def jp(args, cwd):
 
 
 @pytest.fixture(scope="module")
-def gap_run(tmp_path_factory):
-    """(catalogue, truth) of the field, run with --jobs 2."""
-    d = tmp_path_factory.mktemp("lr_only")
-    sim = jp(["simulate", str(d), "--seed", str(SEED), "--size-arcsec", str(SIZE_ARCSEC), "--hr-gap", str(GAP_ARCSEC),
-              "--extra-bands", "g,z"], d)
-    assert sim.returncode == 0, sim.stderr
-    run = jp(["-q", "run", "job.json", "--tiles", "all", "--jobs", "2", "--no-qa"], d)
-    assert run.returncode == 0, run.stderr
-    cat, _ = truthcheck.load(str(d / "work" / "catalog.fits"))
-    truth, header = truthcheck.load(str(d / "truth.fits"), "TRUTH")
-    truth.meta["gap_centre"] = header["HR_GAPX"]
-    return cat, truth
+def gap_runs(tmp_path_factory):
+    """[(catalogue, truth)] of the fields of SEEDS, each run with --jobs 2."""
+    out = []
+    for seed in SEEDS:
+        d = tmp_path_factory.mktemp(f"lr_only{seed}")
+        sim = jp(["simulate", str(d), "--seed", str(seed), "--size-arcsec", str(SIZE_ARCSEC), "--hr-gap",
+                  str(GAP_ARCSEC), "--extra-bands", "g,z"], d)
+        assert sim.returncode == 0, sim.stderr
+        run = jp(["-q", "run", "job.json", "--tiles", "all", "--jobs", "2", "--no-qa"], d)
+        assert run.returncode == 0, run.stderr
+        cat, _ = truthcheck.load(str(d / "work" / "catalog.fits"))
+        truth, header = truthcheck.load(str(d / "truth.fits"), "TRUTH")
+        truth.meta["gap_centre"] = header["HR_GAPX"]
+        out.append((cat, truth))
+    return out
 
 
 def _lr_only(cat):
@@ -68,43 +76,53 @@ def _matched(cat, truth, band):
 
 
 @pytest.mark.parametrize("band", BANDS)
-def test_sources_where_hr_has_no_data_are_found_as_lr_only(gap_run, band):
-    """>= 90 % of the strip's sources with S/N > 10 in a band are LR-only rows with a flux in it."""
-    cat, truth = gap_run
-    gap = _gap_sources(truth, band)
-    found, _ = _matched(cat, gap, band)
-    print(band, f"recovered {len(found)}/{len(gap)}")
-    assert len(gap) >= 25
-    assert len(found) >= MIN_RECOVERED * len(gap), (band, len(found), len(gap))
+def test_sources_where_hr_has_no_data_are_found_as_lr_only(gap_runs, band):
+    """>= 90 % of the strips' sources with S/N > 10 in a band are LR-only rows with a flux in it."""
+    found = gap = 0
+    for cat, truth in gap_runs:
+        sources = _gap_sources(truth, band)
+        found += len(_matched(cat, sources, band)[0])
+        gap += len(sources)
+    print(band, f"recovered {found}/{gap}")
+    assert gap >= 100
+    assert found >= MIN_RECOVERED * gap, (band, found, gap)
 
 
-def test_few_spurious_lr_only_sources(gap_run):
+def test_few_spurious_lr_only_sources(gap_runs):
     """<= 1 LR-only source per arcmin^2 with no true source within 0.5"."""
-    cat, truth = gap_run
-    rows = _lr_only(cat)
-    idx, _ = truthcheck.match(truth, rows, MATCH_ARCSEC)
-    n = int(np.sum(idx < 0))
-    print(f"{len(rows)} LR-only sources, {n} spurious")
-    assert n / (SIZE_ARCSEC / 60.0) ** 2 <= MAX_SPURIOUS_PER_ARCMIN2
+    n = rows = 0
+    for cat, truth in gap_runs:
+        lr_only = _lr_only(cat)
+        idx, _ = truthcheck.match(truth, lr_only, MATCH_ARCSEC)
+        n += int(np.sum(idx < 0))
+        rows += len(lr_only)
+    print(f"{rows} LR-only sources, {n} spurious")
+    assert n / (len(gap_runs) * (SIZE_ARCSEC / 60.0) ** 2) <= MAX_SPURIOUS_PER_ARCMIN2
 
 
-def test_lr_only_rows_have_no_hr_measurement(gap_run):
-    cat, _ = gap_run
-    rows = _lr_only(cat)
+def test_lr_only_rows_have_no_hr_measurement(gap_runs):
+    rows = vstack([_lr_only(cat) for cat, _ in gap_runs])
     assert len(rows) > 0
     assert np.all(np.isnan(np.asarray(rows["hr_flux"], float)))
-    assert set(np.asarray(rows["type"])) <= {"psf", "rex"}
+    types = np.asarray(rows["type"])
+    assert set(types) <= {"psf", "rex", "exp", "dev", "ser"}
+    # the data resolve some of them: every galaxy model is chosen somewhere, with its candidates' dchisq
+    assert {"rex", "exp", "dev"} <= set(types), set(types)
+    dchisq = np.asarray(rows["dchisq"], float)
+    assert np.all(np.isfinite(dchisq[:, :2])) and np.all(dchisq[:, 0] > 0)
+    galaxy = types != "psf"
+    assert np.all(np.asarray(rows["re_arcsec"])[galaxy] > 0) and np.all(np.asarray(rows["re_arcsec"])[~galaxy] == 0)
     # each has a flux in at least one band, and NaN with a flag in a band that did not find it
     for row in rows:
         assert any(np.isfinite(row[f"{b}_flux"]) for b in BANDS)
         for b in BANDS:
             if not np.isfinite(row[f"{b}_flux"]):
                 assert row[f"{b}_flags"] & (cv.FLAGS["LR_NOT_DETECTED"] | cv.FLAGS["LR_OFF_IMAGE"]), (b, row[f"{b}_flags"])
-    # a REX's flux error holds its fitted radius's uncertainty (err_shape), within the total error
+    # a galaxy's flux error holds its fitted shape's uncertainty (err_shape), within the total error
     for b in BANDS:
-        rex = rows[(np.asarray(rows["type"]) == "rex") & np.isfinite(np.asarray(rows[f"{b}_flux"], float))]
-        shape, total = np.asarray(rex[f"{b}_flux_err_shape"]), np.asarray(rex[f"{b}_flux_err"])
-        assert len(rex) and np.all(shape > 0) and np.all(shape < total), (b, shape, total)
+        gal = rows[galaxy & np.isfinite(np.asarray(rows[f"{b}_flux"], float))]
+        shape, total = np.asarray(gal[f"{b}_flux_err_shape"]), np.asarray(gal[f"{b}_flux_err"])
+        assert len(gal) and np.all(shape > 0) and np.all(shape < total), (b, shape, total)
 
 
 def test_shape_flux_variance_is_the_flux_variance_the_other_parameters_add():
@@ -119,36 +137,36 @@ def test_shape_flux_variance_is_the_flux_variance_the_other_parameters_add():
     assert shape_flux_variance(np.full((4, 4), np.nan)) == 0.0
 
 
-def _gap_chi(gap_run, kind):
-    cat, truth = gap_run
+def _gap_chi(gap_runs, kind):
+    """(median, robust sigma, N) of the chi of the strips' sources of `kind` (three bands, the fields pooled)."""
     chi = []
-    for band in BANDS:
-        gap = _gap_sources(truth, band)
-        gap = gap[(np.asarray(gap["kind"]) == "point") == (kind == "star")]
-        found, rows = _matched(cat, gap, band)
-        chi.append((np.asarray(rows[f"{band}_flux"]) - np.asarray(found[f"{band}_flux"]))
-                   / np.asarray(rows[f"{band}_flux_err"]))
+    for cat, truth in gap_runs:
+        for band in BANDS:
+            gap = _gap_sources(truth, band)
+            gap = gap[(np.asarray(gap["kind"]) == "point") == (kind == "star")]
+            found, rows = _matched(cat, gap, band)
+            chi.append((np.asarray(rows[f"{band}_flux"]) - np.asarray(found[f"{band}_flux"]))
+                       / np.asarray(rows[f"{band}_flux_err"]))
     return truthcheck.robust_stats(np.concatenate(chi))
 
 
-def test_lr_only_star_fluxes_against_the_truth(gap_run):
-    """Stars in the strip (three bands pooled): chi median within +-0.5 (N = 22: about two standard errors
-    of a median) and robust sigma 0.8-1.3."""
-    med, sig, n = _gap_chi(gap_run, "star")
+def test_lr_only_star_fluxes_against_the_truth(gap_runs):
+    """Stars in the strips (three bands, the fields pooled): chi median within +-0.3 (N >= 80: about two
+    standard errors of a median) and robust sigma 0.8-1.3."""
+    med, sig, n = _gap_chi(gap_runs, "star")
     print("LR-only stars: chi median, sigma, N", med, sig, n)
-    assert n >= 20 and abs(med) <= 0.5 and 0.8 <= sig <= 1.3, (med, sig, n)
+    assert n >= 80 and abs(med) <= 0.3 and 0.8 <= sig <= 1.3, (med, sig, n)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: LR-only galaxies are fitted as a point source or a round exponential "
-                                       "on the LR residual, whose shapes are not the galaxies'; pooled chi median "
-                                       "-0.23, robust sigma 2.6 (N = 65, seed 43; -0.44 and 3.2 before the REX's radius "
-                                       "uncertainty entered the error).  The largest chi (+25 to +180) are true pairs "
-                                       "0.3-0.5\" apart taken as one LR-only source (each truth compared with both's "
-                                       "light); sources with no neighbour within 1.5\": -0.82 / 1.34 (N = 47), and with a "
-                                       "free Sersic candidate after the REX -0.38 / 1.02, but the stars' median then went "
-                                       "-0.32 -> -0.53 (a star in a pair became a Sersic)")
-def test_lr_only_galaxy_fluxes_against_the_truth(gap_run):
-    """Galaxies in the strip (three bands pooled): chi robust sigma 0.8-1.3 (the issue's criterion)."""
-    med, sig, n = _gap_chi(gap_run, "galaxy")
+@pytest.mark.xfail(strict=True, reason="issue 14: LR-only galaxies' chi, seeds 43-47 pooled (N = 284): median -0.31, "
+                                       "robust sigma 1.45 (-0.88 / 2.02 when they were fitted as a point source or a "
+                                       "REX only; seed 43 alone -0.23 / 2.64).  Galaxies with no other source within "
+                                       "2\" (truth column isolated): -0.49 / 1.22 (N = 248; -1.08 / 1.72 before).  The "
+                                       "largest chi are true pairs 0.3-1\" apart taken as one LR-only source (each truth "
+                                       "compared with both's light); the faint ones (LR S/N 10-50) stay point sources "
+                                       "or REX by the Legacy Surveys' rules, whose fluxes are low for a resolved galaxy")
+def test_lr_only_galaxy_fluxes_against_the_truth(gap_runs):
+    """Galaxies in the strips (three bands, the fields pooled): chi robust sigma 0.8-1.3 (the issue's criterion)."""
+    med, sig, n = _gap_chi(gap_runs, "galaxy")
     print("LR-only galaxies: chi median, sigma, N", med, sig, n)
     assert 0.8 <= sig <= 1.3, (med, sig, n)

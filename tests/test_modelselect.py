@@ -70,6 +70,21 @@ def test_model_choice_variance_weighs_the_candidates_by_their_akaike_weights():
     assert ms.model_choice_variance({"point": 1e4, "rex": 10.0}, {"point": 5.0, "rex": 9.0}, "point") == 0.0
 
 
+def test_candidates_flux_variance_leaves_out_candidates_on_a_bound():
+    """A dev whose r_e ran to its cap over a neighbour's light (flux 300, chi^2 as good) adds no spread."""
+    from jointphot.engines.base import GroupFit
+
+    def fit(kind, flux, bound):
+        return GroupFit([Source(kind, 0.0, 0.0, flux)], [{}], 1, True, 0.0, 1, [bound])
+
+    dchisq = {"point": 100.0, "rex": 500.0, "exp": 600.0, "dev": 600.0}
+    fits = {"point": fit("point", 50.0, False), "rex": fit("rex", 90.0, False), "exp": fit("exp", 100.0, False),
+            "dev": fit("dev", 300.0, True)}
+    assert ms.candidates_flux_variance("exp", fits, dchisq) == pytest.approx(0.0, abs=1e-12)
+    fits["dev"] = fit("dev", 120.0, False)
+    assert ms.candidates_flux_variance("exp", fits, dchisq) == pytest.approx(0.5 * 20.0 ** 2, rel=1e-9)
+
+
 @pytest.mark.parametrize("truth,kind", [
     (Source("comp", 25.3, 24.8, 2.0e4, re=6.0, ab=0.6, phi=30.0, fracdev=0.4, re_ratio=0.2), "comp"),
     (Source("sersic", 25.3, 24.8, 2.0e4, re=4.0, ab=0.6, phi=30.0, n=1.0), "sersic"),

@@ -53,7 +53,8 @@ COLUMNS = {
     "group_id": ("", "HR fit group within the tile"),
     "group_size": ("", "sources fitted together in the HR group"),
     "dchisq": ("", "HR chi^2 improvement over no source of each candidate: psf, rex, dev, exp, ser "
-                   "(NaN: not fitted), divided by the noise's variance factor for a point source"),
+                   "(NaN: not fitted), divided by the noise's variance factor for a point source; LR_ONLY rows: "
+                   "in the first LR band that found them"),
     "hr_param_cov": ("", "HR parameter covariance, 7x7 row-major in the order x, y [pix], flux [count], "
                          "ln re [ln pix], e1, e2, n (NaN for parameters the model lacks; comp: the disc's re, "
                          "fracdev and re_ratio not included)"),
@@ -71,8 +72,8 @@ COLUMNS = {
     "hr_resid_factor": ("", "the source's flux variance estimated from the HR fit's residual under it (pairs of pixels "
                             "within half a PSF FWHM), over the weight map's: ~1 where the model describes the data; "
                             "above 3x the noise's variance factor it replaces that factor in every HR error"),
-    "hr_flux_err_model": ("count", "spread of hr_flux over the candidate models (Akaike weights; 0 when the model "
-                                   "was not chosen by the fit)"),
+    "hr_flux_err_model": ("count", "spread of hr_flux over the candidate models (Akaike weights; candidates whose "
+                                   "shape ended on a bound left out; 0 when the model was not chosen by the fit)"),
     "hr_mag": ("mag", "HR AB magnitude (NaN when hr_flux <= 0)"),
     "hr_mag_err": ("mag", "1-sigma error of hr_mag"),
     "hr_flux_ujy": ("uJy", "HR flux in microjansky"),
@@ -84,7 +85,8 @@ COLUMNS = {
                                         "measured noise correlation): the error of colours between LR bands, which "
                                         "share the HR shapes (SED fitting)"),
     "{band}_flux_err_shape": ("count", "LR flux error from the HR position/shape uncertainty (first order); LR_ONLY "
-                                        "rows: from their own position/shape fitted in this band"),
+                                        "rows: from their own position/shape fitted in this band and the spread of "
+                                        "their candidate models' fluxes"),
     "{band}_hr_flux_cov": ("count2", "covariance of {band}_flux with hr_flux through the HR shape (first order; LR x HR "
                                      "counts): var(lr/hr) = (err_lr^2 - 2 (lr/hr) cov + (lr/hr)^2 err_hr^2) / hr^2"),
     "{band}_flags": ("", "the band's own flags (LR_MASKED, LR_OFF_IMAGE, LR_BLENDED; also in flags)"),

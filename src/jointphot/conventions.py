@@ -131,7 +131,8 @@ FLAG_MEANINGS = {
     "LR_BLENDED": "|flux correlation| > 0.5 with a neighbour in the LR fit",
     "PARAM_AT_BOUND": "an HR shape parameter ended on its bound",
     "HR_RESIDUAL_DETECTION": "found on the residual of the first HR fit (second detection pass; informational)",
-    "LR_ONLY": "found in an LR band's residual, no HR counterpart (a point source; HR columns NaN; informational)",
+    "LR_ONLY": "found in an LR band's residual, no HR counterpart (its model chosen in LR; HR columns NaN; "
+               "informational)",
     "LR_NOT_DETECTED": "an LR-only source that this band's residual search did not find: no flux in it (NaN)",
 }
 

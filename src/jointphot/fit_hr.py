@@ -43,9 +43,9 @@ from .convolution import fftconvolve
 from .detect import detection_kernel, detection_settings, noise_scaled_settings, run_sextractor
 from .engines.base import (COMP_START_FRACDEV, COMP_START_RE_RATIO, FIXED_SERSIC_N, KIND_OF_TYPE, N_PARAMS,
                            TYPE_OF_KIND, Source)
-from .images import celestial_wcs, local_jacobian, read_tile_file, write_fits_atomic
-from .modelselect import (COMP_DCHI2, DCHISQ_ORDER, GALAXY_DCHI2, NPARAMS, dchisq_vector, galaxies_worth_trying,
-                          model_choice_variance, select_model)
+from .images import celestial_wcs, ellipse_on_sky, read_tile_file, write_fits_atomic
+from .modelselect import (COMP_DCHI2, DCHISQ_ORDER, GALAXY_DCHI2, NPARAMS, candidates_flux_variance, dchisq_vector,
+                          fit_candidates, select_model)
 from .noise import (mismatch_lag, noise_model_from_hdu, residual_variance_factor, variance_factor, white_noise,
                     with_mismatch)
 from .plan import get_tile, tile_path, tile_psf
@@ -572,40 +572,16 @@ class GroupFitter:
         return current, chosen, lone_fit
 
     def _candidates(self, img, ivar, start, current, re_max):
-        """Fit the candidate models of one source (neighbours already subtracted from `img`);
-        returns (GroupFit of the chosen model, its Choice)."""
+        """Fit the candidate models of one source (neighbours already subtracted from `img`;
+        modelselect.fit_candidates); returns (GroupFit of the chosen model, its Choice)."""
         good = ivar > 0
-        chi2_none = float(np.sum(ivar[good] * img[good] ** 2))
-        fits = {}
 
-        def fit(kind, src):
-            fits[kind] = self.engine.fit_group(img, ivar, self.psf, [src], max_iter=self._max_iter([src]),
-                                               re_max=[re_max])
+        def fit(src):
+            return self.engine.fit_group(img, ivar, self.psf, [src], max_iter=self._max_iter([src]), re_max=[re_max])
 
-        x, y, flux = current.x, current.y, current.flux
-        fit("point", Source("point", x, y, flux))
-        fit("rex", Source("rex", x, y, flux, re=current.re if current.is_galaxy else start.re))
-        # correlated noise inflates chi^2 differences by the variance factor (that of a point source here)
-        factor = self._noise_factor(img, ivar, fits["point"].sources[0])
-        dchisq = {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
-        if galaxies_worth_trying(dchisq):
-            r = fits["rex"].sources[0]
-            for kind in ("dev", "exp"):
-                fit(kind, start.copy(kind=kind, x=r.x, y=r.y, flux=r.flux, re=r.re, n=FIXED_SERSIC_N[kind]))
-            dchisq = {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
-            best = select_model(_within_bounds(dchisq, fits))
-            if best in ("exp", "dev"):
-                fit("sersic", fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
-                dchisq["sersic"] = (chi2_none - fits["sersic"].chi2) / factor
-        kind = select_model(_within_bounds(dchisq, fits))
-        fluxes = {k: f.sources[0].flux for k, f in fits.items()}
-        return fits[kind], Choice(dchisq, model_choice_variance(dchisq, fluxes, kind))
-
-
-def _within_bounds(dchisq, fits):
-    """The candidates' dchisq without those whose fit ended with a shape parameter on its bound (a
-    model held by its prior, e.g. an r_e stretched to its cap by a neighbour's halo, is not chosen)."""
-    return {k: d for k, d in dchisq.items() if not fits[k].at_bound[0]}
+        kind, fits, dchisq = fit_candidates(fit, current, start, float(np.sum(ivar[good] * img[good] ** 2)),
+                                            lambda point: self._noise_factor(img, ivar, point.sources[0]))
+        return fits[kind], Choice(dchisq, candidates_flux_variance(kind, fits, dchisq))
 
 
 def _moved(src: Source, x: float, y: float) -> Source:
@@ -702,14 +678,9 @@ def _hr_table(cat, results, wcs, header, plan, tile_id, near_edge):
     t["fracdev_err"] = [e.get("fracdev", np.nan) for e in errs]
     t["re_ratio"] = [s.re_ratio if s.kind == "comp" else np.nan for s in srcs]
     t["hr_param_cov"] = np.array([_padded_cov(r.covariance) for r in results]).reshape(n, 49)
-    re_as, pa = [], []
-    for s in srcs:
-        jac = local_jacobian(wcs, s.x, s.y)
-        d = jac @ np.array([np.cos(np.radians(s.phi)), np.sin(np.radians(s.phi))])
-        pa.append((np.degrees(np.arctan2(d[0], d[1])) + 180.0) % 180.0 if s.kind != "point" else np.nan)
-        re_as.append(s.re * np.sqrt(abs(np.linalg.det(jac))) if s.kind != "point" else 0.0)
-    t["re_arcsec"] = re_as
-    t["pa_deg"] = pa
+    sky = [ellipse_on_sky(wcs, s.x, s.y, s.re, s.phi) if s.kind != "point" else (0.0, np.nan) for s in srcs]
+    t["re_arcsec"] = [re for re, _ in sky]
+    t["pa_deg"] = [pa for _, pa in sky]
     t["hr_chi2_dof"] = [r.chi2_dof for r in results]
     t["hr_niter"] = np.array([r.n_iter for r in results], np.int16)
     t["hr_converged"] = np.array([r.converged for r in results], bool)

@@ -202,12 +202,13 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine, sky_pixels=sky_region)
     # LR-only sources: the residual's significant peaks that no HR source explains
     lr_only = find_lr_only(image - sky - model, invvar, model, psf, correlation, [(s.x, s.y) for s in sources])
-    lr_only_shape_var = np.zeros(0)
+    lr_only_shape_var, lr_only_model_var, lr_only_dchisq = np.zeros(0), np.zeros(0), {}
     if lr_only:
-        lr_only, lr_only_shape_var = fit_positions(image - sky - model, invvar, psf, engine, correlation, lr_only)
+        lr_only, lr_only_shape_var, lr_only_model_var, lr_only_dchisq = fit_positions(
+            image - sky - model, invvar, psf, engine, correlation, lr_only)
         res, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine, sky_pixels=sky_region)
     image = image - sky
-    hr_table = vstack([hr_table, lr_only_rows(hr_table, lr_only, lr_wcs, hr_wcs, hr_header, plan, tile_id)])
+    hr_table = vstack([hr_table, lr_only_rows(hr_table, lr_only, lr_only_dchisq, lr_wcs, hr_wcs, hr_header, plan, tile_id)])
     sources = sources + lr_only
     flux = np.full(len(hr_table), np.nan)
     err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
@@ -240,8 +241,9 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
                                for s, c, f in zip(hr_sources, covs, res.flux)]).reshape(-1, 2)
         err_shape[idx[:n]] = np.sqrt(propagated[:, 0])
         hr_cov[idx[:n]] = propagated[:, 1]
-        # LR-only: no HR shape and no HR flux; their own position and shape, fitted on this band, under its noise
-        err_shape[idx[n:]] = np.sqrt(lr_only_shape_var * noise_factors[n:])
+        # LR-only: no HR shape and no HR flux; their own position and shape, fitted on this band, under its noise,
+        # and the spread of their candidate models' fluxes
+        err_shape[idx[n:]] = np.sqrt(lr_only_shape_var * noise_factors[n:] + lr_only_model_var)
         err[idx] = np.hypot(err_fixed[idx], err_shape[idx])
     table = hr_table.copy()
     band_flags = np.where(~valid_all, cv.FLAGS["LR_OFF_IMAGE"], 0)

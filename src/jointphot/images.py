@@ -119,6 +119,21 @@ def local_jacobian(wcs: WCS, x: float, y: float) -> np.ndarray:
     return jac
 
 
+def ellipse_on_sky(wcs: WCS, x: float, y: float, re_pix: float, phi_deg: float):
+    """(r_e [arcsec], position angle [deg, east of north, in [0, 180)]) of an ellipse of semi-major axis
+    re_pix [px] at angle phi_deg [deg, counter-clockwise from +x] centred on pixel (x, y) of `wcs`."""
+    jac = local_jacobian(wcs, x, y)
+    d = jac @ np.array([np.cos(np.radians(phi_deg)), np.sin(np.radians(phi_deg))])
+    return re_pix * np.sqrt(abs(np.linalg.det(jac))), (np.degrees(np.arctan2(d[0], d[1])) + 180.0) % 180.0
+
+
+def pixel_angle(wcs: WCS, x: float, y: float, pa_deg: float) -> float:
+    """The angle [deg, counter-clockwise from +x, in [0, 180)] in the pixel frame of `wcs` at pixel (x, y)
+    of the position angle pa_deg [deg, east of north] (ellipse_on_sky's inverse)."""
+    v = np.linalg.solve(local_jacobian(wcs, x, y), [np.sin(np.radians(pa_deg)), np.cos(np.radians(pa_deg))])
+    return float(np.degrees(np.arctan2(v[1], v[0])) % 180.0)
+
+
 def read_section(hdu, y0: int, y1: int, x0: int, x1: int, dtype=np.float32, path: str = "", what: str = "") -> np.ndarray:
     """Pixels [y0:y1, x0:x1] of an image HDU, read without loading the whole image."""
     try:

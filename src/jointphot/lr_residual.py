@@ -6,17 +6,19 @@ the residual is searched with the LR PSF's matched filter (S/N from the weights 
 correlation); a peak is kept when its S/N >= LR_ONLY_MIN_SNR, the PSF's weight around it lies mostly
 on usable pixels (not a mask edge), it is farther than LR_ONLY_MIN_SEPARATION_FWHM from every known
 source and the known sources' model there is below LR_ONLY_MODEL_RATIO times its own peak (a colour
-gradient or a PSF mismatch under a bright source is not a new object).  Each kept peak becomes a
-point source whose position and flux are fitted on the residual; the band's fluxes are then solved
-again jointly with them (fit_lr).  Their rows carry the flag LR_ONLY and no HR measurement (NaN).
+gradient or a PSF mismatch under a bright source is not a new object).  Each kept peak is fitted on
+the residual, its model chosen as the Legacy Surveys choose every source's (modelselect.fit_candidates:
+a point source, a round exponential (REX), or an exponential, de Vaucouleurs or Sersic galaxy where the
+LR data resolve it); the band's fluxes are then solved again jointly with them (fit_lr).  Their rows
+carry the flag LR_ONLY, their candidates' dchisq, and no HR measurement (NaN).
 
 Bands are searched separately; merge.join_bands takes LR-only rows of different bands within
-LR_ONLY_MATCH_ARCSEC for one source.  As in the original tool's residual pass, and in T-PHOT's second
-pass, the new sources are point sources, or round exponentials (REX) where the LR data resolve them.
+LR_ONLY_MATCH_ARCSEC for one source.  The original tool's residual pass and T-PHOT's second pass add
+point sources only: a resolved galaxy fitted as one has too low a flux (10-20 % for r_e ~ 0.3").
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 from astropy.table import Table
@@ -25,7 +27,9 @@ from scipy.spatial import cKDTree
 
 from . import conventions as cv
 from .convolution import fftconvolve
-from .engines.base import TYPE_OF_KIND, Source
+from .engines.base import FIXED_SERSIC_N, TYPE_OF_KIND, Source
+from .images import ellipse_on_sky, pixel_angle
+from .modelselect import candidates_flux_variance, dchisq_vector, fit_candidates
 from .noise import variance_factor
 from .plan import get_tile
 
@@ -39,8 +43,8 @@ LR_ONLY_MODEL_RATIO = 1.0
 LR_ONLY_MIN_COVERAGE = 0.8
 #: LR-only sources are fitted on a box of this many PSF FWHM (half-size) around their peak ...
 LR_ONLY_BOX_FWHM = 3.0
-#: ... as a REX rather than a point source when chi^2 improves by more than this (one more parameter, 3 sigma).
-LR_ONLY_REX_DCHI2 = 9.0
+#: ... their REX candidate starting from this r_e [LR PSF FWHM].
+LR_ONLY_REX_START_FWHM = 0.5
 #: LR-only rows of different bands within this distance [arcsec] are one source.
 LR_ONLY_MATCH_ARCSEC = 0.5
 #: Tile-local numbers of LR-only sources start here (HR detections are numbered from 1).
@@ -85,32 +89,37 @@ def find_lr_only(residual, invvar, model, psf, correlation, known_xy) -> List[So
 
 def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Source]):
     """Each LR-only source fitted on `residual` within LR_ONLY_BOX_FWHM PSF FWHM of its start (one at a
-    time; the joint flux solve follows in fit_lr): a point source, or a round exponential (REX) where
-    that lowers chi^2 (divided by the noise's variance factor) by more than LR_ONLY_REX_DCHI2.  Returns
-    (the fitted sources, the variance [counts^2, for the pixel weights given] that their position and
-    shape uncertainty adds to their flux: shape_flux_variance of the fit's covariance)."""
+    time; the joint flux solve follows in fit_lr), its model chosen by the Legacy Surveys' candidate ladder
+    as for HR sources (modelselect.fit_candidates: PSF, REX, then DEV, EXP and SER where the data resolve
+    it; REX from r_e = LR_ONLY_REX_START_FWHM PSF FWHM).  Returns (the fitted sources, the variance
+    [counts^2, for the pixel weights given] that their position and shape uncertainty adds to their flux
+    (shape_flux_variance of the chosen fit's covariance), the variance [counts^2] of the candidates' fluxes
+    about the chosen one's (modelselect.candidates_flux_variance), {source index: dchisq of its candidates})."""
     half = int(np.ceil(LR_ONLY_BOX_FWHM * psf.fwhm_pix)) + 2
     ny, nx = residual.shape
     factor = variance_factor(correlation, psf.image) if correlation.max_lag > 0 else 1.0
-    out, shape_var = [], []
-    for src in sources:
+    out, shape_var, model_var, choices = [], [], [], {}
+    for i, src in enumerate(sources):
         x0, y0 = max(int(round(src.x)) - half, 0), max(int(round(src.y)) - half, 0)
         x1, y1 = min(int(round(src.x)) + half + 1, nx), min(int(round(src.y)) + half + 1, ny)
-        box = residual[y0:y1, x0:x1], invvar[y0:y1, x0:x1]
-        point = engine.fit_group(*box, psf, [src.copy(x=src.x - x0, y=src.y - y0)], pos_bound=0.5 * psf.fwhm_pix)
-        best = point
-        p = point.sources[0]
-        if np.isfinite(p.flux):
-            rex = engine.fit_group(*box, psf, [p.copy(kind="rex", re=0.5 * psf.fwhm_pix, ab=1.0, phi=0.0)],
-                                   pos_bound=0.5 * psf.fwhm_pix, re_max=[half])
-            if np.isfinite(rex.sources[0].flux) and not rex.at_bound[0] and \
-                    (point.chi2 - rex.chi2) / factor > LR_ONLY_REX_DCHI2:
-                best = rex
+        img, ivar = residual[y0:y1, x0:x1], invvar[y0:y1, x0:x1]
+        good = ivar > 0
+
+        def fit(candidate):
+            return engine.fit_group(img, ivar, psf, [candidate], pos_bound=0.5 * psf.fwhm_pix,
+                                    re_max=[half] if candidate.is_galaxy else None)
+
+        start = src.copy(x=src.x - x0, y=src.y - y0, re=LR_ONLY_REX_START_FWHM * psf.fwhm_pix)
+        kind, fits, dchisq = fit_candidates(fit, start, start, float(np.sum(ivar[good] * img[good] ** 2)),
+                                            lambda point: factor)
+        best = fits[kind]
         s = best.sources[0]
         fitted = np.isfinite(s.flux)
         out.append(s.copy(x=s.x + x0, y=s.y + y0) if fitted else src)
         shape_var.append(shape_flux_variance(best.covariances[0]) if fitted and best.covariances else 0.0)
-    return out, np.array(shape_var)
+        model_var.append(candidates_flux_variance(kind, fits, dchisq) if fitted else 0.0)
+        choices[i] = dchisq
+    return out, np.array(shape_var), np.array(model_var), choices
 
 
 def shape_flux_variance(cov) -> float:
@@ -138,11 +147,13 @@ def blank_rows(template: Table, m: int) -> Table:
     return rows
 
 
-def lr_only_rows(template: Table, sources: List[Source], lr_wcs, hr_wcs, hr_header, plan, tile_id: int) -> Table:
-    """Rows of a tile's catalogue (the columns of `template`) for LR-only sources (point or REX) in LR
-    pixels: numbered from LR_ONLY_NUMBER_START, positions in every frame (the HR pixel frame through
-    the astrometric offsets), owned by the tile whose core holds them, flag LR_ONLY; the HR
-    measurements NaN (0 / False / '' for integers, booleans and strings)."""
+def lr_only_rows(template: Table, sources: List[Source], dchisq: Dict[int, Dict[str, float]], lr_wcs, hr_wcs, hr_header,
+                 plan, tile_id: int) -> Table:
+    """Rows of a tile's catalogue (the columns of `template`) for LR-only sources in LR pixels (`dchisq`:
+    {source index: dchisq of its candidates}, fit_positions): numbered from LR_ONLY_NUMBER_START, positions
+    in every frame (the HR pixel frame through the astrometric offsets), the galaxies' ellipse on the sky
+    and in the HR pixel frame, owned by the tile whose core holds them, flag LR_ONLY; the HR measurements
+    NaN (0 / False / '' for integers, booleans and strings)."""
     m = len(sources)
     rows = blank_rows(template, m)
     if not m:
@@ -162,9 +173,15 @@ def lr_only_rows(template: Table, sources: List[Source], lr_wcs, hr_wcs, hr_head
     rows["ra_hr"], rows["dec_hr"] = ra_hr, dec_hr
     rows["ra"], rows["dec"] = ra, dec
     rows["in_core"] = get_tile(plan, tile_id).owns(gx, gy)
-    rows["ab"] = 1.0
-    lr_scale = np.sqrt(abs(np.linalg.det(lr_wcs.pixel_scale_matrix))) * 3600.0
-    rows["re_arcsec"] = [s.re * lr_scale if s.kind == "rex" else 0.0 for s in sources]
+    for k, s in enumerate(sources):
+        rows["ab"][k] = s.ab if s.is_galaxy else 1.0
+        rows["sersic_n"][k] = s.n if s.kind == "sersic" else FIXED_SERSIC_N.get(s.kind, np.nan)
+        rows["dchisq"][k] = dchisq_vector(dchisq.get(k, {}))
+        if s.is_galaxy:
+            rows["re_arcsec"][k], rows["pa_deg"][k] = ellipse_on_sky(lr_wcs, s.x, s.y, s.re, s.phi)
+            rows["phi_pix"][k] = pixel_angle(hr_wcs, hx[k], hy[k], rows["pa_deg"][k])
+        else:
+            rows["re_arcsec"][k], rows["phi_pix"][k] = 0.0, 0.0
     rows["re_pix"] = rows["re_arcsec"] / plan["hr"]["pixel_scale_arcsec"]
     rows["flags"] = cv.FLAGS["LR_ONLY"]
     return rows

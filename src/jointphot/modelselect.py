@@ -20,12 +20,17 @@ without the source minus chi^2 with the fitted model; larger is better).  The ru
 Galaxy candidates (EXP, DEV, SER) are fitted only when REX beats PSF by more than one
 (REX's one extra parameter) or the source is bright (dchisq > BRIGHT_DCHISQ): faint sources
 get the simple models, so their fluxes are not drowned in shape degeneracy.
+
+`fit_candidates` runs this ladder for one source on its box; hr_models 'legacy' uses it for every HR
+source, and the LR residual pass (lr_residual) for every LR-only source.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import numpy as np
+
+from .engines.base import FIXED_SERSIC_N, GroupFit, Source
 
 #: Candidate kinds in the order of the catalogue's `dchisq` column (the Legacy Surveys'
 #: DCHISQ order: PSF, REX, DEV, EXP, SER).
@@ -104,3 +109,46 @@ def model_choice_variance(dchisq: Dict[str, float], fluxes: Dict[str, float], ch
     w = np.exp(-0.5 * (aic - aic.min()))
     f = np.array([fluxes[k] for k in kinds])
     return float(np.sum(w * (f - fluxes[chosen]) ** 2) / np.sum(w))
+
+
+def fit_candidates(fit: Callable[[Source], GroupFit], current: Source, start: Source, chi2_none: float,
+                   noise_factor: Callable[[GroupFit], float]) -> Tuple[str, Dict[str, GroupFit], Dict[str, float]]:
+    """The candidate ladder of one source on its box (its neighbours already subtracted): PSF and REX
+    from `current`'s position and flux (REX from its r_e if it is a galaxy, else `start`'s); when
+    galaxies_worth_trying, DEV and EXP from the REX fit with `start`'s ellipse; SER from the better of the
+    two when select_model takes one of them.  fit(source) is the GroupFit of that one source on the box,
+    chi2_none the box's chi^2 without the source, noise_factor(the PSF candidate's GroupFit) the noise's
+    variance factor, by which chi^2 differences are divided (correlated noise inflates them).  A candidate
+    whose shape ends on a bound is not chosen.  Returns (chosen kind, {kind: GroupFit}, {kind: dchisq})."""
+    x, y, flux = current.x, current.y, current.flux
+    fits = {"point": fit(Source("point", x, y, flux)),
+            "rex": fit(Source("rex", x, y, flux, re=current.re if current.is_galaxy else start.re))}
+    factor = noise_factor(fits["point"])
+
+    def gains():
+        return {k: (chi2_none - f.chi2) / factor for k, f in fits.items()}
+
+    dchisq = gains()
+    if galaxies_worth_trying(dchisq):
+        r = fits["rex"].sources[0]
+        for kind in ("dev", "exp"):
+            fits[kind] = fit(start.copy(kind=kind, x=r.x, y=r.y, flux=r.flux, re=r.re, n=FIXED_SERSIC_N[kind]))
+        dchisq = gains()
+        best = select_model(_within_bounds(dchisq, fits))
+        if best in ("exp", "dev"):
+            fits["sersic"] = fit(fits[best].sources[0].copy(kind="sersic", n=FIXED_SERSIC_N[best]))
+            dchisq = gains()
+    return select_model(_within_bounds(dchisq, fits)), fits, dchisq
+
+
+def candidates_flux_variance(kind: str, fits: Dict[str, GroupFit], dchisq: Dict[str, float]) -> float:
+    """model_choice_variance [flux^2] of fit_candidates' result, over the candidates whose shape ends on
+    no bound (one held by its bound, e.g. an r_e stretched over a neighbour's light, is no model of the source)."""
+    fluxes = {k: f.sources[0].flux for k, f in fits.items()}
+    return model_choice_variance(_within_bounds(dchisq, fits), fluxes, kind)
+
+
+def _within_bounds(dchisq, fits):
+    """dchisq of the candidates whose fit ended with no shape parameter on its bound (a model held by its
+    prior, e.g. an r_e stretched to its cap by a neighbour's halo, is not chosen)."""
+    return {k: d for k, d in dchisq.items() if not fits[k].at_bound[0]}
