@@ -5,7 +5,7 @@ band's forced fit (jointphot.lr_residual) must find them, measure them, and find
 
 The figures pool SEEDS, as the other truth tests pool several fields: one field holds 12-22 stars and
 37-65 galaxies in the strip, and its figures scatter between fields by more than the criteria's
-margins (seed 43 alone: lr 29/30 recovered, seed 44: 16/20; stars' chi sigma 0.72-1.38)."""
+margins (seed 43 alone: lr 29/30 recovered, seed 44: 16/20; stars' chi sigma 0.92-1.26, galaxies' 0.79-1.93)."""
 from __future__ import annotations
 
 import subprocess
@@ -158,15 +158,11 @@ def test_lr_only_star_fluxes_against_the_truth(gap_runs):
     assert n >= 80 and abs(med) <= 0.3 and 0.8 <= sig <= 1.3, (med, sig, n)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: LR-only galaxies' chi, seeds 43-47 pooled (N = 284): median -0.31, "
-                                       "robust sigma 1.45 (-0.88 / 2.02 when they were fitted as a point source or a "
-                                       "REX only; seed 43 alone -0.23 / 2.64).  Galaxies with no other source within "
-                                       "2\" (truth column isolated): -0.49 / 1.22 (N = 248; -1.08 / 1.72 before).  The "
-                                       "largest chi are true pairs 0.3-1\" apart taken as one LR-only source (each truth "
-                                       "compared with both's light); the faint ones (LR S/N 10-50) stay point sources "
-                                       "or REX by the Legacy Surveys' rules, whose fluxes are low for a resolved galaxy")
 def test_lr_only_galaxy_fluxes_against_the_truth(gap_runs):
-    """Galaxies in the strips (three bands, the fields pooled): chi robust sigma 0.8-1.3 (the issue's criterion)."""
+    """Galaxies in the strips (three bands, the fields pooled): chi robust sigma 0.8-1.3 (the issue's criterion;
+    -0.47 / 1.15, N = 284 on 2026-12-03, -0.88 / 2.02 when they were fitted as a point source or a REX only and
+    without the other LR-only sources subtracted).  The median is not asserted: galaxies the ladder keeps as
+    point sources (compact ones, whose REX does not beat the PSF by 1 % of its dchisq) are ~4 % low."""
     med, sig, n = _gap_chi(gap_runs, "galaxy")
     print("LR-only galaxies: chi median, sigma, N", med, sig, n)
-    assert 0.8 <= sig <= 1.3, (med, sig, n)
+    assert n >= 250 and 0.8 <= sig <= 1.3, (med, sig, n)

@@ -88,21 +88,27 @@ def find_lr_only(residual, invvar, model, psf, correlation, known_xy) -> List[So
 
 
 def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Source]):
-    """Each LR-only source fitted on `residual` within LR_ONLY_BOX_FWHM PSF FWHM of its start (one at a
-    time; the joint flux solve follows in fit_lr), its model chosen by the Legacy Surveys' candidate ladder
-    as for HR sources (modelselect.fit_candidates: PSF, REX, then DEV, EXP and SER where the data resolve
-    it; REX from r_e = LR_ONLY_REX_START_FWHM PSF FWHM).  Returns (the fitted sources, the variance
-    [counts^2, for the pixel weights given] that their position and shape uncertainty adds to their flux
-    (shape_flux_variance of the chosen fit's covariance), the variance [counts^2] of the candidates' fluxes
-    about the chosen one's (modelselect.candidates_flux_variance), {source index: dchisq of its candidates})."""
+    """Each LR-only source fitted on `residual` within LR_ONLY_BOX_FWHM PSF FWHM of its start, brightest
+    first, the other LR-only sources' current models subtracted (the peaks' point sources, then their fits;
+    as legacypipe fits a blob's sources), its model chosen by the Legacy Surveys' candidate ladder as for
+    HR sources (modelselect.fit_candidates: PSF, REX, then DEV, EXP and SER where the data resolve it; REX
+    from r_e = LR_ONLY_REX_START_FWHM PSF FWHM); the joint flux solve follows in fit_lr.  Returns (the
+    fitted sources, the variance [counts^2, for the pixel weights given] that their position and shape
+    uncertainty adds to their flux (shape_flux_variance of the chosen fit's covariance), the variance
+    [counts^2] of the candidates' fluxes about the chosen one's (modelselect.candidates_flux_variance),
+    {source index: dchisq of its candidates})."""
     half = int(np.ceil(LR_ONLY_BOX_FWHM * psf.fwhm_pix)) + 2
     ny, nx = residual.shape
     factor = variance_factor(correlation, psf.image) if correlation.max_lag > 0 else 1.0
-    out, shape_var, model_var, choices = [], [], [], {}
-    for i, src in enumerate(sources):
+    current = list(sources)
+    model = engine.render(residual.shape, psf, current)
+    shape_var, model_var, choices = np.zeros(len(sources)), np.zeros(len(sources)), {}
+    for i in np.argsort([-s.flux for s in sources], kind="stable"):
+        src = sources[i]
+        others = model - engine.render(residual.shape, psf, [current[i]])
         x0, y0 = max(int(round(src.x)) - half, 0), max(int(round(src.y)) - half, 0)
         x1, y1 = min(int(round(src.x)) + half + 1, nx), min(int(round(src.y)) + half + 1, ny)
-        img, ivar = residual[y0:y1, x0:x1], invvar[y0:y1, x0:x1]
+        img, ivar = (residual - others)[y0:y1, x0:x1], invvar[y0:y1, x0:x1]
         good = ivar > 0
 
         def fit(candidate):
@@ -114,12 +120,13 @@ def fit_positions(residual, invvar, psf, engine, correlation, sources: List[Sour
                                             lambda point: factor)
         best = fits[kind]
         s = best.sources[0]
-        fitted = np.isfinite(s.flux)
-        out.append(s.copy(x=s.x + x0, y=s.y + y0) if fitted else src)
-        shape_var.append(shape_flux_variance(best.covariances[0]) if fitted and best.covariances else 0.0)
-        model_var.append(candidates_flux_variance(kind, fits, dchisq) if fitted else 0.0)
         choices[i] = dchisq
-    return out, np.array(shape_var), np.array(model_var), choices
+        if np.isfinite(s.flux):
+            current[i] = s.copy(x=s.x + x0, y=s.y + y0)
+            shape_var[i] = shape_flux_variance(best.covariances[0]) if best.covariances else 0.0
+            model_var[i] = candidates_flux_variance(kind, fits, dchisq)
+        model = others + engine.render(residual.shape, psf, [current[i]])
+    return current, shape_var, model_var, choices
 
 
 def shape_flux_variance(cov) -> float:
