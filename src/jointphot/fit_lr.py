@@ -208,7 +208,8 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
             image - sky - model, invvar, psf, engine, correlation, lr_only)
         res, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine, sky_pixels=sky_region)
     image = image - sky
-    hr_table = vstack([hr_table, lr_only_rows(hr_table, lr_only, lr_only_dchisq, lr_wcs, hr_wcs, hr_header, plan, tile_id)])
+    lr_only_table = lr_only_rows(hr_table, lr_only, lr_only_dchisq, lr_wcs, hr_wcs, hr_header, plan, tile_id)
+    hr_table = vstack([hr_table, lr_only_table])
     sources = sources + lr_only
     flux = np.full(len(hr_table), np.nan)
     err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
