@@ -71,12 +71,11 @@ def _checks():
 #: truncation at 8 r_e and of the LR sky 4 PSF FWHM inside the tile's edge).
 _COMPOSITE = ("issue 12: bulge + disc + knot galaxies are fitted as a Sersic unless a bulge + disc (comp) improves chi^2 by "
               "> 8; where the Sersic stays (most at S/N 20-50) it runs to n = 3-6 and extrapolates wings the galaxy "
-              "does not have.  Seeds 21-23: HR bias +6.9 / +1.0 / -0.0 %, LR +5.4 / -0.0 / -0.6 % (S/N 20-50, 50-200, "
-              "> 200; without comp +11.9 / +6.3 / +3.1 and +13.5 / +4.8 / +1.3 %); at a threshold of 2 +3.6 / +0.7 / "
-              "+0.0 % but single-Sersic galaxies at 50-200 got chi sigma 1.19 (comps miss 4-6 % of a truncated n ~ 3 "
-              "profile).  HR chi sigma 1.08 / 1.21 / 1.25, LR 1.10 / 1.28 / 1.39 (model mismatch: colour gradients "
-              "between the components, the HR shape is not the LR shape; since the profiles are rendered exactly "
-              "truncated at 8 r_e, the two 1.26 figures were below 1.25 and the > 200 LR one was 1.28).  At S/N 20-50 the "
+              "does not have.  Seeds 21-23: HR bias +6.9 / +1.0 / -0.0 %, LR +5.8 / +0.7 / -0.1 % (S/N 20-50, 50-200, "
+              "> 200; 2026-12-03, a comp's bulge and disc each with an LR flux; without comp +11.9 / +6.3 / +3.1 and "
+              "+13.5 / +4.8 / +1.3 %); at a threshold of 2 +3.6 / +0.7 / +0.0 % but single-Sersic galaxies at 50-200 got "
+              "chi sigma 1.19 (comps miss 4-6 % of a truncated n ~ 3 profile).  HR chi sigma 1.08 / 1.21 / 1.25 (model "
+              "mismatch: the knots).  At S/N 20-50 the "
               "fit cannot tell the two apart (2026-12-02, every Sersic's comp trial recorded): the comp improves chi^2 by a "
               "median 1.4 on composites (10-90 %: -0.5 to 7) and -0.1 on truncated single Sersics (-1.7 to 1.8); a comp "
               "kept above a gain t = -2 / 0 / 2 / 8 gives composites +1.2 / +1.5 / +3.2 / +5.6 % and single Sersics "
@@ -85,10 +84,8 @@ OPEN = {
     "composite-galaxy-20-50-hr-bias": _COMPOSITE,
     "composite-galaxy-20-50-lr-bias": _COMPOSITE,
     "composite-galaxy-50-200-hr-bias": _COMPOSITE,
-    "composite-galaxy->200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.39 at S/N > 200 (LR chi median -0.88)",
     "composite-galaxy->200-hr-sigma_chi": _COMPOSITE + "; HR chi sigma 1.254 at S/N > 200 (2026-12-03, a group's "
                                           "model trials one source at a time)",
-    "composite-galaxy-50-200-lr-sigma_chi": _COMPOSITE + "; LR chi sigma 1.28 at S/N 50-200",
 }
 
 

@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from .apcorr import CARD_COMMENTS, CARDS
 from .conventions import FLAG_MEANINGS, FLAGS
-from .engines.base import SERSIC_N_RANGE
+from .engines.base import SERSIC_N_RANGE, SPLIT_FRACDEV_MARGIN
 from .modelselect import COMP_DCHI2
 from .modelselect import SELECTION_SUMMARY
 from .models import TRUNCATION_RADIUS
@@ -92,6 +92,9 @@ COLUMNS = {
     "{band}_flags": ("", "the band's own flags (LR_MASKED, LR_OFF_IMAGE, LR_BLENDED; also in flags)"),
     "{band}_masked_frac": ("", "fraction of the LR model on ignored (masked) pixels"),
     "{band}_max_corr": ("", "largest |flux correlation| with another source in the LR fit"),
+    "{band}_fracdev": ("", "comp: the bulge's share of {band}_flux, the bulge and the disc each fitted in the band "
+                           "(their colours may differ); NaN for other types and for comps with fracdev within "
+                           f"{SPLIT_FRACDEV_MARGIN} of 0 or 1"),
     "{band}_resid_factor": ("", "as hr_resid_factor, for the band's forced fit (the HR shape not describing the LR "
                                 "image: a colour gradient); enters {band}_flux_err_fixed the same way"),
     "{band}_mag": ("mag", "LR AB magnitude (NaN when the flux <= 0)"),

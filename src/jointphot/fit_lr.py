@@ -1,5 +1,6 @@
 """Forced LR photometry of one tile: HR morphologies, moved by the astrometric offsets,
-convolved with the LR PSF; the fluxes of all sources of the tile are solved jointly.
+convolved with the LR PSF; the fluxes of all sources of the tile are solved jointly (a bulge + disc
+source's bulge and disc each with a flux of its own: flux_components).
 
 Noise is the LR VARIANCE plane, rescaled by the per-pixel scale measured on blank pixels (job key
 noise_rescale; detect.tile_noise: away from any model's light, with the sources' far wings removed;
@@ -27,7 +28,7 @@ from scipy import ndimage
 
 from . import apcorr
 from . import conventions as cv
-from .engines.base import Source, from_standard, to_standard
+from .engines.base import SPLIT_FRACDEV_MARGIN, FluxFit, Source, from_standard, to_standard
 from .background import sextractor_sky
 from .detect import tile_noise
 from .errors import JointphotError
@@ -191,7 +192,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     n = len(sources)
     # the noise from blank pixels (LR_NOISE_MODEL_SIGMA); an LR cutout of a small tile may have too few
     # (then white noise of the VARIANCE plane's scale, recorded as JP_NCORL = 1 and JP_WFACL = 1)
-    _, first_model, _ = _solve_with_sky(image, invvar, psf, sources, engine, n_iter=0)
+    _, _, first_model, _ = _solve_with_sky(image, invvar, psf, sources, engine, n_iter=0)
     lr_noise = tile_noise(image - first_model, invvar, psf.image, psf.fwhm_pix, max_lag=LR_NOISE_MAX_LAG, warn=False,
                           dilate_pix=int(LR_NOISE_MASK_FWHM * psf.fwhm_pix) + 2,
                           exclude=(np.abs(first_model) * np.sqrt(invvar) > LR_NOISE_MODEL_SIGMA) | ~sky_region,
@@ -199,21 +200,22 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     wfactor = 1.0 / lr_noise.scale ** 2 if job["noise_rescale"] else 1.0
     correlation = dataclasses.replace(lr_noise, scale=1.0)
     invvar = invvar * wfactor
-    res, model, sky = _solve_with_sky(image, invvar, psf, sources, engine, sky_pixels=sky_region)
+    res, band_fracdev, model, sky = _solve_with_sky(image, invvar, psf, sources, engine, sky_pixels=sky_region)
     # LR-only sources: the residual's significant peaks that no HR source explains
     lr_only = find_lr_only(image - sky - model, invvar, model, psf, correlation, [(s.x, s.y) for s in sources])
     lr_only_shape_var, lr_only_model_var, lr_only_dchisq = np.zeros(0), np.zeros(0), {}
     if lr_only:
         lr_only, lr_only_shape_var, lr_only_model_var, lr_only_dchisq = fit_positions(
             image - sky - model, invvar, psf, engine, correlation, lr_only)
-        res, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine, sky_pixels=sky_region)
+        res, band_fracdev, model, sky = _solve_with_sky(image, invvar, psf, sources + lr_only, engine,
+                                                        sky_pixels=sky_region)
     image = image - sky
     lr_only_table = lr_only_rows(hr_table, lr_only, lr_only_dchisq, lr_wcs, hr_wcs, hr_header, plan, tile_id)
     hr_table = vstack([hr_table, lr_only_table])
     sources = sources + lr_only
     flux = np.full(len(hr_table), np.nan)
     err, err_fixed, err_shape, hr_cov, resid_factor = (np.full(len(hr_table), np.nan) for _ in range(5))
-    masked = np.ones(len(hr_table))
+    masked, fracdev = np.ones(len(hr_table)), np.full(len(hr_table), np.nan)
     max_corr = np.zeros(len(hr_table))
     valid_all = np.zeros(len(hr_table), bool)
     idx = np.concatenate([np.flatnonzero(np.isfinite(hr_table["hr_flux"])),
@@ -221,6 +223,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     chi2_dof = np.nan
     if res is not None:
         flux[idx], err[idx], masked[idx], valid_all[idx] = res.flux, res.flux_err, res.masked_fraction, res.valid
+        fracdev[idx] = band_fracdev
         cov = res.covariance
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
@@ -259,6 +262,7 @@ def fit_tile(plan, tile_id: int, directory: str, engine, band: str) -> None:
     table[f"{band}_hr_flux_cov"] = hr_cov
     table[f"{band}_masked_frac"] = masked
     table[f"{band}_max_corr"] = max_corr
+    table[f"{band}_fracdev"] = fracdev
     table[f"{band}_resid_factor"] = resid_factor
     add_magnitudes(table, "hr", job["hr_zp"])
     add_magnitudes(table, band, job["lr_zp"])
@@ -314,20 +318,55 @@ def _inside_footprint(shape, lr_wcs, hr_wcs, hr_invvar):
     return inside.reshape(shape), under.reshape(shape)
 
 
+def flux_components(sources):
+    """(the sources whose LR fluxes are solved, the index of each one's first component): a comp's disc (an exp
+    of its r_e) and bulge (a dev of re_ratio x its r_e) each take their own flux, so that a colour difference
+    between bulge and disc (a red bulge in a blue disc) is measured, not forced to the HR bulge fraction
+    (GALAPAGOS-2 / MegaMorph's multi-band bulge + disc fits; the Tractor's CompositeGalaxy has one brightness per
+    component); a comp within SPLIT_FRACDEV_MARGIN of fracdev 0 or 1 keeps one flux.  Other kinds: themselves."""
+    parts, first = [], []
+    for src in sources:
+        first.append(len(parts))
+        if src.kind == "comp" and SPLIT_FRACDEV_MARGIN < src.fracdev < 1.0 - SPLIT_FRACDEV_MARGIN:
+            parts += [src.copy(kind="exp", n=1.0), src.copy(kind="dev", n=4.0, re=src.re * src.re_ratio)]
+        else:
+            parts.append(src)
+    return parts, np.array(first, int)
+
+
+def source_fluxes(fit, first, sources):
+    """(the FluxFit of `sources` from that of their flux_components (starting at `first`), each source's bulge
+    fraction in this band (NaN where it has one component)): each source's flux is the sum of its components',
+    its covariance the sum of their blocks, valid where all its components are, its masked fraction its
+    components' weighted by their HR fluxes."""
+    split = np.diff(np.append(first, len(fit.flux))) == 2
+    flux = np.add.reduceat(fit.flux, first)
+    bulge = fit.flux[np.minimum(first + 1, len(fit.flux) - 1)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fracdev = np.where(split, bulge / flux, np.nan)
+    cov = np.add.reduceat(np.add.reduceat(fit.covariance, first, axis=0), first, axis=1)
+    valid = np.logical_and.reduceat(fit.valid, first)
+    weights = np.concatenate([[1.0 - s.fracdev, s.fracdev] if two else [1.0] for s, two in zip(sources, split)])
+    masked = np.add.reduceat(fit.masked_fraction * weights, first)
+    return FluxFit(flux, cov, fit.chi2, fit.ndof, valid, masked), fracdev
+
+
 def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3, sky_pixels=None):
-    """Joint fluxes and a constant sky by alternating solves (the sky: background.sextractor_sky of the
-    residual over the weighted pixels, of `sky_pixels` only if given; n_iter=0: no sky).  Returns
-    (FluxFit or None, model, sky [counts]).
+    """Joint fluxes (of the sources' flux_components) and a constant sky by alternating solves (the sky:
+    background.sextractor_sky of the residual over the weighted pixels, of `sky_pixels` only if given;
+    n_iter=0: no sky).  Returns (FluxFit of `sources` or None, their bulge fractions in this band
+    (source_fluxes; None without a fit), model, sky [counts]).
 
     On simulated fields whose faint galaxies no HR detection finds, the clipped median lifted the sky
     and gave isolated sources' fluxes chi medians of -0.05 to -0.17 in three bands; the mode gives
     +0.00 to -0.14."""
     good = invvar > 0
-    sky, res = 0.0, None
+    sky, res, fracdev = 0.0, None, None
     model = np.zeros(image.shape)
     if good.sum() < 50:
-        return None, model, sky
-    design = engine.flux_design(invvar, psf, sources) if sources else None
+        return None, fracdev, model, sky
+    parts, first = flux_components(sources)
+    design = engine.flux_design(invvar, psf, parts) if sources else None
     for _ in range(n_iter):
         if sources:
             res = design.solve(image - sky)
@@ -336,7 +375,8 @@ def _solve_with_sky(image, invvar, psf, sources, engine, n_iter=3, sky_pixels=No
     if sources:
         res = design.solve(image - sky)
         model = design.model(np.nan_to_num(res.flux))
-    return res, model, float(sky)
+        res, fracdev = source_fluxes(res, first, sources)
+    return res, fracdev, model, float(sky)
 
 
 def source_noise_factor(correlation, renderer: PSFRenderer, src: Source, invvar) -> float:

@@ -35,6 +35,8 @@ FIXED_SERSIC_N = {"rex": 1.0, "exp": 1.0, "dev": 4.0, "sersic": None}
 #: Range of a comp's bulge flux fraction fracdev, and of ln re_ratio (bulge r_e / disc r_e, 0.03-1).
 FRACDEV_RANGE = (0.0, 1.0)
 LN_RE_RATIO_RANGE = (float(np.log(0.03)), 0.0)
+#: A comp's bulge and disc each take their own LR flux unless its fracdev is within this of 0 or 1 (fit_lr).
+SPLIT_FRACDEV_MARGIN = 0.02
 #: Smallest and largest galaxy half-light radius [px] an engine may return.
 RE_RANGE = (0.2, 300.0)
 #: Range of the Sersic index an engine may return (inside the Tractor's mixture table, 0.29-6.3).
